@@ -1,0 +1,24 @@
+"""The four recurrent cells of the lecture, as Keras 3 RNN cells."""
+
+from keras_rnnx.cells.base import GatedCell, LectureCell
+from keras_rnnx.cells.cec import CECCell
+from keras_rnnx.cells.forget_gate_lstm import ForgetGateLSTMCell
+from keras_rnnx.cells.original_lstm import OriginalLSTMCell
+from keras_rnnx.cells.vanilla import VanillaRNNCell
+
+CELL_KINDS = {
+    "vanilla": VanillaRNNCell,
+    "cec": CECCell,
+    "original": OriginalLSTMCell,
+    "forget": ForgetGateLSTMCell,
+}
+
+__all__ = [
+    "CELL_KINDS",
+    "CECCell",
+    "ForgetGateLSTMCell",
+    "GatedCell",
+    "LectureCell",
+    "OriginalLSTMCell",
+    "VanillaRNNCell",
+]

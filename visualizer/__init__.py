@@ -1,0 +1,1 @@
+"""The keras-rnnx desktop viewer (PyQt6 + pyqtgraph). It never imports TensorFlow or Keras."""
