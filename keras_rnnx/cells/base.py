@@ -11,6 +11,8 @@ subclass names its blocks in `block_names` (kernel column order) and writes its 
 
 from __future__ import annotations
 
+import sys
+
 import keras
 from keras import ops
 
@@ -21,6 +23,26 @@ from keras_rnnx import _validation
 # step under `tf.function`. The mixin is private, so `tests/test_cells.py` checks that the
 # masks stay constant over time and would catch a change in Keras.
 from keras.src.layers.rnn.dropout_rnn_cell import DropoutRNNCell
+
+
+def _sequences_shape_of_building_rnn():
+    """The full input shape of the `keras.layers.RNN` that is building this cell, if any.
+
+    A cell is built with the shape of one step only, so it cannot see a zero-length sequence
+    for which `keras.layers.RNN` would fail later with an obscure slice error. The RNN layer's
+    `build` holds the full shape in a local variable a few frames up (more inside
+    `StackedRNNCells`); reading it lets the cell name the problem. Purely diagnostic: when
+    the frame is not there, nothing is checked.
+    """
+    frame = sys._getframe(2)
+    for _ in range(6):
+        if frame is None:
+            return None
+        shape = frame.f_locals.get("sequences_shape")
+        if isinstance(frame.f_locals.get("self"), keras.layers.RNN) and shape is not None:
+            return shape
+        frame = frame.f_back
+    return None
 
 
 class LectureCell(DropoutRNNCell, keras.layers.Layer):
@@ -78,6 +100,9 @@ class LectureCell(DropoutRNNCell, keras.layers.Layer):
 
     def build(self, input_shape):
         input_dim = _validation.check_step_input_shape(type(self).__name__, input_shape)
+        sequences_shape = _sequences_shape_of_building_rnn()
+        if sequences_shape is not None:
+            _validation.check_sequences_shape(type(self).__name__, sequences_shape)
         width = self.n_blocks * self.units
         self.kernel = self.add_weight(
             shape=(input_dim, width),
