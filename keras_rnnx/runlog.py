@@ -534,11 +534,14 @@ class _FrameSeries:
         if index % self.stride:
             self.latest = (step, array)
             return
-        self.kept.append((step, array))
+        item = (step, array)
+        self.kept.append(item)
         self.latest = None
         if self.cap is not None and len(self.kept) > self.cap - 1:
             self.kept = self.kept[::2]
             self.stride *= 2
+            if self.kept[-1] is not item:
+                self.latest = item
 
     def items(self) -> list[tuple[int, np.ndarray]]:
         return self.kept + ([self.latest] if self.latest is not None else [])

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import pytest
 import reference
 import tensorflow as tf
 
-import keras
 import keras_rnnx as rx
 
 CELLS = {
@@ -381,7 +381,8 @@ def test_get_config_round_trips_every_argument(kind):
     arguments = dict(
         units=6, activation="relu", use_bias=False, kernel_initializer="he_normal",
         recurrent_initializer="glorot_normal", bias_initializer="ones",
-        kernel_regularizer="l2", recurrent_regularizer="l1", bias_regularizer=keras.regularizers.L1L2(0.01, 0.02),
+        kernel_regularizer="l2", recurrent_regularizer="l1",
+        bias_regularizer=keras.regularizers.L1L2(0.01, 0.02),
         kernel_constraint="non_neg", recurrent_constraint="unit_norm",
         bias_constraint="max_norm", dropout=0.25, recurrent_dropout=0.125, seed=7,
         name="my_cell",

@@ -7,11 +7,11 @@ import subprocess
 import sys
 import textwrap
 
+import keras
 import numpy as np
 import pytest
 import reference
 
-import keras
 import keras_rnnx as rx
 
 CELLS = {

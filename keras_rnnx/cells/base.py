@@ -16,13 +16,13 @@ import sys
 import keras
 from keras import ops
 
-from keras_rnnx import _validation
-
 # Keras's `RNN` layer draws one dropout mask per sequence, before its time loop, only for
 # cells that are instances of this mixin; a mask drawn inside the loop would change at every
 # step under `tf.function`. The mixin is private, so `tests/test_cells.py` checks that the
 # masks stay constant over time and would catch a change in Keras.
 from keras.src.layers.rnn.dropout_rnn_cell import DropoutRNNCell
+
+from keras_rnnx import _validation
 
 
 def _sequences_shape_of_building_rnn():
