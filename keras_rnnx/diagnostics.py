@@ -120,10 +120,9 @@ class _CellReader:
 class _LectureReader(_CellReader):
     def __init__(self, cell: LectureCell):
         super().__init__(cell)
-        self.kind = next(
-            (k for k, cls in CELL_KINDS.items() if type(cell) is cls),
-            next(k for k, cls in CELL_KINDS.items() if isinstance(cell, cls)),
-        )
+        kinds = [k for k, cls in CELL_KINDS.items() if type(cell) is cls]
+        kinds += [k for k, cls in CELL_KINDS.items() if isinstance(cell, cls)]
+        self.kind = kinds[0] if kinds else type(cell).__name__
         self.state_names = tuple(cell.state_names)
         self.block_names = tuple(cell.block_names)
         self.gate_names = () if len(self.state_names) == 1 else self.block_names
@@ -281,9 +280,8 @@ def probed_layers(model) -> list[str]:
 class _Entry:
     """What one probed (sub-)cell recorded during one traced forward pass."""
 
-    def __init__(self, key, target, reader, index):
+    def __init__(self, key, reader, index):
         self.key = key
-        self.target = target
         self.reader = reader
         self.index = index
         self.states = {}
@@ -294,9 +292,8 @@ class _Entry:
 
 
 class _Recorder:
-    def __init__(self, targets: list[_Target], tape):
+    def __init__(self, tape):
         self.tape = tape
-        self.targets = targets
         self.entries: dict[str, _Entry] = {}
         self.calls: dict[int, int] = {}
 
@@ -304,7 +301,7 @@ class _Recorder:
         n = self.calls.get(id(target.layer), 0)
         self.calls[id(target.layer)] = n + 1
         suffix = "" if n == 0 else f"@{n}"
-        entries = [_Entry(key + suffix, target, reader, k)
+        entries = [_Entry(key + suffix, reader, k)
                    for k, (key, reader) in enumerate(zip(target.keys, target.readers))]
         for entry in entries:
             self.entries[entry.key] = entry
@@ -338,6 +335,12 @@ def _run_layer(target: _Target, recorder: _Recorder, sequences, initial_state, m
             else [initial_state]
     elif layer.stateful:
         init_structure = tf.nest.map_structure(lambda v: v.value, list(layer.states))
+        expected = tf.nest.flatten(init_structure)[0].shape[0]
+        if sequences.shape[0] is not None and expected != sequences.shape[0]:
+            raise ValueError(
+                f"probe: layer '{layer.name}' is stateful with batch size {expected}; probe it "
+                f"with a batch of that size, got {sequences.shape[0]}."
+            )
     else:
         init_structure = layer.get_initial_state(batch)
         init_structure = list(init_structure) if isinstance(init_structure, (list, tuple)) \
@@ -440,20 +443,32 @@ def _run_layer(target: _Target, recorder: _Recorder, sequences, initial_state, m
 
 
 def _jacobian_norm(entry: _Entry):
-    """‖∂s_t/∂s_{t-1}‖₂ per sample and step, (B, T), in input order."""
+    """‖∂s_t/∂s_{t-1}‖₂ per sample and step, (B, T), in input order.
+
+    The step is independent across the batch, so the B·T steps are run as one batch, and
+    the S rows of each S×S Jacobian come from one backward pass over S stacked copies of
+    that batch, copy j seeded with e_j (what `batch_jacobian` does, without its `pfor`
+    tracing cost).
+    """
     step_inputs, prev_states, ms, backwards = entry.jacobian_inputs
     reader = entry.reader
     dtype = reader.cell.variable_dtype
     steps, batch = tf.shape(step_inputs)[0], tf.shape(step_inputs)[1]
-    x = tf.reshape(tf.cast(step_inputs, dtype), tf.stack([steps * batch, -1]))
+    n = steps * batch
+    x = tf.reshape(tf.cast(step_inputs, dtype), tf.stack([n, -1]))
     s_prev = tf.concat([tf.cast(s, dtype) for s in prev_states], axis=-1)
-    s_prev = tf.reshape(s_prev, tf.stack([steps * batch, -1]))
+    size = int(s_prev.shape[-1])
+    s_prev = tf.reshape(s_prev, tf.stack([n, size]))
+    x_rep, s_rep = tf.tile(x, [size, 1]), tf.tile(s_prev, [size, 1])
     with tf.GradientTape() as tape:
-        tape.watch(s_prev)
-        parts = tf.split(s_prev, len(reader.state_names), axis=-1)
-        new_states, _ = reader.step(x, parts)
+        tape.watch(s_rep)
+        parts = tf.split(s_rep, len(reader.state_names), axis=-1)
+        new_states, _ = reader.step(x_rep, parts)
         s_new = tf.concat([tf.cast(s, dtype) for s in new_states], axis=-1)
-    jac = tape.batch_jacobian(s_new, s_prev)
+        seed = tf.repeat(tf.eye(size, dtype=dtype), n, axis=0)
+        picked = tf.reduce_sum(s_new * seed)
+    rows = tape.gradient(picked, s_rep)
+    jac = tf.transpose(tf.reshape(rows, tf.stack([size, n, size])), [1, 0, 2])
     norms = tf.linalg.svd(jac, compute_uv=False)[:, 0]
     norms = tf.reshape(norms, tf.stack([steps, batch]))
     if ms is not None:
@@ -542,7 +557,9 @@ def _batch_size(structure, name) -> int:
             raise ValueError(f"probe: `{name}` must have a batch axis, got a scalar.")
         sizes.add(int(t.shape[0]))
     if len(sizes) > 1:
-        raise ValueError(f"probe: the arrays in `{name}` have different batch sizes {sorted(sizes)}.")
+        raise ValueError(
+            f"probe: the arrays in `{name}` have different batch sizes {sorted(sizes)}."
+        )
     if not sizes:
         raise ValueError(f"probe: `{name}` holds no array.")
     (size,) = sizes
@@ -566,9 +583,10 @@ def _check_x(model, x) -> None:
         if len(expected) != len(got) or any(
             e is not None and e != g for e, g in zip(expected[1:], got[1:])
         ):
+            which = "" if len(specs) == 1 else f" {specs.index(spec)}"
             raise ValueError(
-                f"probe: `x` has shape {got} but model '{model.name}' expects input "
-                f"'{spec.name}' of shape {expected} (None: any size)."
+                f"probe: `x` has shape {got} but model '{model.name}' expects input{which} "
+                f"of shape {expected} (None: any size)."
             )
 
 
@@ -677,13 +695,20 @@ class Probe:
         return self._assemble(raw)
 
     def _ensure_loss_built(self, model, x, y, sample_weight):
+        """Builds the compiled loss eagerly, so that its per-output metrics (variables) are
+        not created inside the traced function; resets those new metrics afterwards."""
         compile_loss = model._compile_loss
         if compile_loss.built:
             return
-        with tf.GradientTape() as tape:
-            recorder = _Recorder(self._targets, tape)
-            with _intercepted(self._targets, recorder, model):
-                y_pred = model(x, training=False)
+        try:
+            spec = model.compute_output_spec(x)
+            y_pred = tf.nest.map_structure(
+                lambda s: tf.zeros([1 if d is None else d for d in s.shape], s.dtype), spec)
+        except Exception:  # a model whose output spec cannot be inferred: run it once
+            with tf.GradientTape() as tape:
+                recorder = _Recorder(tape)
+                with _intercepted(self._targets, recorder, model):
+                    y_pred = model(x, training=False)
         try:
             compile_loss(y, y_pred, sample_weight)
         except (ValueError, TypeError) as err:
@@ -698,7 +723,7 @@ class Probe:
         self.trace_count += 1
         model = self.model
         with tf.GradientTape() as tape:
-            recorder = _Recorder(self._targets, tape)
+            recorder = _Recorder(tape)
             with _intercepted(self._targets, recorder, model):
                 y_pred = model(x, training=False)
             loss = None if y is None else _compiled_loss(model, y, y_pred, sample_weight)
@@ -807,7 +832,8 @@ def _recurrent_sigma(reader: _CellReader):
     sigma, threshold = {}, {}
     for k, name in enumerate(reader.block_names):
         block = kernel[:, k * units: (k + 1) * units]
-        sigma[name] = float(np.linalg.norm(block, 2))
+        # NaN or Inf weights (a diverged run) have no SVD; report them as NaN.
+        sigma[name] = float(np.linalg.norm(block, 2)) if np.isfinite(block).all() else np.nan
         gamma = _GAMMA.get(acts[name])
         threshold[name] = None if gamma is None else 1.0 / gamma
     return sigma, threshold
