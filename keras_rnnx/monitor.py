@@ -1,0 +1,509 @@
+"""`RNNMonitor`: records what the probe measures during `model.fit`, into a run log.
+
+Training never waits on the disk: the callback runs the probe on the training thread (that is
+the cost it adds to `fit`) and hands the arrays to a background writer thread. Scalars and
+small per-layer arrays (gradient norms, Jacobian norms, σ_max) are always queued; bulky
+frames (states, gates, ∂L/∂h_t) are dropped when more than `max_pending_mb` of them are
+waiting, and the drops are counted in the log. The writer flushes to the operating system at
+least every `flush_seconds` (0.1 s by default) and fsyncs at least every second, so a killed
+process loses at most that; the log's format keeps the rest readable.
+"""
+
+from __future__ import annotations
+
+import atexit
+import math
+import queue
+import threading
+import time
+import warnings
+import weakref
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from keras_rnnx import __version__, runlog
+
+__all__ = ["RNNMonitor"]
+
+BULKY_KINDS = frozenset({"h", "c", "grad_h", "i", "f", "z", "o", "u", "r", "n"})
+_BOUNDS = {"tanh": [-1.0, 1.0], "sigmoid": [0.0, 1.0], "hard_sigmoid": [0.0, 1.0],
+           "softsign": [-1.0, 1.0]}
+_STOP = object()
+
+
+class _Writer:
+    """The background thread that owns the `RunWriter`."""
+
+    def __init__(self, run_dir: Path, flush_seconds: float, fsync_seconds: float,
+                 max_pending_bytes: int, resume: bool):
+        self.run_dir = run_dir
+        self.flush_seconds = flush_seconds
+        self.fsync_seconds = fsync_seconds
+        self.max_pending_bytes = max_pending_bytes
+        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.pending_bytes = 0
+        self.dropped = 0
+        self.failed: str | None = None
+        self._lock = threading.Lock()
+        self._writer = runlog.RunWriter(run_dir, resume=resume)
+        self._thread = threading.Thread(target=self._run, name="rnnx-monitor-writer",
+                                        daemon=True)
+        self._thread.start()
+
+    def put(self, method: str, *args, bulky_bytes: int = 0, **kwargs) -> bool:
+        """Queues one write; returns False when it was dropped (bulky and over budget)."""
+        if self.failed is not None:
+            return False
+        if bulky_bytes:
+            with self._lock:
+                if self.pending_bytes + bulky_bytes > self.max_pending_bytes:
+                    self.dropped += 1
+                    return False
+                self.pending_bytes += bulky_bytes
+        self.queue.put((method, args, kwargs, bulky_bytes))
+        return True
+
+    def close(self, status: str = "ok", timeout: float = 30.0) -> None:
+        if self._thread.is_alive():
+            self.queue.put((_STOP, (status,), {}, 0))
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        last_flush = last_fsync = time.monotonic()
+        dirty = False
+        while True:
+            try:
+                item = self.queue.get(timeout=self.flush_seconds)
+            except queue.Empty:
+                item = None
+            if item is not None:
+                method, args, kwargs, bulky_bytes = item
+                if method is _STOP:
+                    self._finish(args[0])
+                    return
+                if bulky_bytes:
+                    with self._lock:
+                        self.pending_bytes -= bulky_bytes
+                if self.failed is None:
+                    try:
+                        getattr(self._writer, method)(*args, **kwargs)
+                        dirty = True
+                    except (OSError, runlog.RunLogError) as error:
+                        self._fail(error)
+            now = time.monotonic()
+            if dirty and self.failed is None and now - last_flush >= self.flush_seconds:
+                fsync = now - last_fsync >= self.fsync_seconds
+                try:
+                    self._writer.flush(fsync=fsync)
+                except OSError as error:
+                    self._fail(error)
+                last_flush = now
+                last_fsync = now if fsync else last_fsync
+                dirty = False
+
+    def _finish(self, status: str) -> None:
+        if self.failed is None:
+            try:
+                self._writer.close(status)
+            except OSError as error:
+                self._fail(error)
+
+    def _fail(self, error: BaseException) -> None:
+        self.failed = str(error)
+        warnings.warn(
+            f"RNNMonitor: cannot write the run log in {self.run_dir} ({error}); training goes "
+            f"on, and this run is no longer recorded.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        try:
+            self._writer.close("error: write failed")
+        except Exception:  # noqa: BLE001 - the file is already unusable; nothing left to save
+            pass
+
+
+def _is_chief() -> bool:
+    """True unless this process is a non-chief worker of a `tf.distribute` cluster.
+
+    The chief is the task of type "chief", or worker 0 when the cluster has no chief (the
+    rule of `MultiWorkerMirroredStrategy`). Single-process strategies have one chief.
+    """
+    import tensorflow as tf
+
+    if not tf.distribute.has_strategy():
+        return True
+    resolver = getattr(tf.distribute.get_strategy(), "cluster_resolver", None)
+    if resolver is None or not resolver.cluster_spec().as_dict():
+        return True
+    task_type, task_id = resolver.task_type, resolver.task_id
+    if task_type in (None, "chief"):
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return task_type == "worker" and task_id == 0 and not has_chief
+
+
+def _nbytes(array) -> int:
+    return int(getattr(array, "nbytes", 0))
+
+
+class RNNMonitor(keras.callbacks.Callback):
+    """Records a recurrent model's training into a run log that the viewer can follow.
+
+    At the start of `fit` it writes the run's meta (model summary, every probed layer with its
+    cell kind, units and gate names, the probe batch shape, token labels, versions). Every
+    `every` training steps it runs `keras_rnnx.diagnostics.probe` on (`probe_x`, `probe_y`) and
+    records all of its fields; it records the logs of every batch and every epoch.
+
+    Args:
+        run_dir: the run directory (created; must not already hold a run log unless
+            `resume=True`).
+        probe_x: a small batch of input sequences (B, T, D), e.g. 8 samples.
+        probe_y: its targets, for the gradient fields; None records states, gates and
+            Jacobians only.
+        every: probe every this many training steps, or "auto" (default): chosen from the
+            measured cost of a probe and of a training step so the probe takes at most
+            `overhead_budget` of training time.
+        layers: probe only these layer keys (see `probe`); default all.
+        jacobian: record the per-step Jacobian norms (the most expensive field).
+        tokens: labels for the time axis: a list of T strings, or one such list per probe
+            sample.
+        overhead_budget: the fraction of training time "auto" may spend probing (0.02).
+        max_pending_mb: bulky frames waiting for the writer beyond this are dropped (64).
+        flush_seconds: the longest time a written record waits before reaching the OS.
+        open_viewer: start the desktop viewer on this run in a separate process.
+        resume: append to an existing run log instead of refusing it.
+        chief_only: under `tf.distribute`, record only on the chief (default True).
+
+    Use it as a context manager to close the log with status "error" when `fit` raises;
+    otherwise it closes on `on_train_end`, when garbage-collected, or at interpreter exit.
+    """
+
+    def __init__(
+        self,
+        run_dir,
+        probe_x,
+        probe_y=None,
+        every: int | str = "auto",
+        layers=None,
+        *,
+        jacobian: bool = True,
+        tokens=None,
+        overhead_budget: float = 0.02,
+        max_pending_mb: float = 64.0,
+        flush_seconds: float = 0.1,
+        open_viewer: bool = False,
+        resume: bool = False,
+        chief_only: bool = True,
+    ):
+        super().__init__()
+        if every != "auto" and (isinstance(every, bool) or not isinstance(every, int)
+                                or every < 1):
+            raise ValueError(
+                f"Invalid value for argument `every`: expected a positive integer or 'auto', "
+                f"got {every!r}."
+            )
+        if not 0.0 < float(overhead_budget) < 1.0:
+            raise ValueError(
+                f"Invalid value for argument `overhead_budget`: expected a fraction in (0, 1), "
+                f"got {overhead_budget!r}."
+            )
+        if probe_x is None:
+            raise ValueError("RNNMonitor needs `probe_x`, a small batch of input sequences.")
+        self.run_dir = Path(run_dir)
+        if (self.run_dir / runlog.LOG_FILE_NAME).exists() and not resume:
+            raise ValueError(
+                f"Invalid value for argument `run_dir`: {self.run_dir} already holds a run "
+                f"log; choose a new directory, or pass resume=True to append to it."
+            )
+        self.probe_x = probe_x
+        self.probe_y = probe_y
+        self.every = every
+        self.layers = layers
+        self.jacobian = bool(jacobian)
+        self.tokens = tokens
+        self.overhead_budget = float(overhead_budget)
+        self.max_pending_bytes = int(max_pending_mb * 2**20)
+        self.flush_seconds = float(flush_seconds)
+        self.open_viewer = bool(open_viewer)
+        self.resume = bool(resume)
+        self.chief_only = bool(chief_only)
+
+        self.probe_count = 0
+        self.probe_seconds = 0.0
+        self.nonfinite_count = 0
+        self.viewer_process = None
+        self._writer: _Writer | None = None
+        self._probe = None
+        self._active = False
+        self._interval = every if isinstance(every, int) else None
+        self._next_probe = 0
+        self._step_clock: tuple[int, float] | None = None
+        self._batches_seen = 0
+        self._step_seconds: float | None = None
+        self._probe_cost: float | None = None
+        self._reported_drops = 0
+        self._dropped = 0
+        self._probe_failed = False
+        self._finalizer = None
+
+    # --- public -------------------------------------------------------------------------
+
+    @property
+    def dropped_frames(self) -> int:
+        """Bulky frames dropped under backpressure so far."""
+        return self._dropped if self._writer is None else self._writer.dropped
+
+    @property
+    def interval(self) -> int | None:
+        """The probing interval in steps (measured when `every="auto"`)."""
+        return self._interval
+
+    def close(self, status: str = "ok") -> None:
+        """Flushes and closes the run log; later calls do nothing."""
+        writer, self._writer = self._writer, None
+        self._active = False
+        if writer is not None:
+            writer.close(status)
+            self._dropped = writer.dropped
+        if self._finalizer is not None:
+            self._finalizer.detach()
+            self._finalizer = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        self.close("ok" if exc_type is None else f"error: {exc_type.__name__}")
+        return False
+
+    # --- keras.callbacks.Callback ----------------------------------------------------------
+
+    def on_train_begin(self, logs=None):
+        self._batches_seen = 0
+        self._step_clock = None
+        if self._writer is not None:
+            self._active = True  # a second `fit` on the same monitor appends to the same run
+            return
+        if self.chief_only and not _is_chief():
+            return
+        from keras_rnnx import diagnostics
+
+        self._probe = diagnostics.get_probe(self.model, layers=self.layers,
+                                            jacobian=self.jacobian)
+        try:
+            self._writer = _Writer(self.run_dir, self.flush_seconds, 1.0,
+                                   self.max_pending_bytes, self.resume)
+        except (OSError, runlog.RunLogError) as error:
+            warnings.warn(
+                f"RNNMonitor: cannot record into {self.run_dir} ({error}); training goes on "
+                f"without it.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return
+        self._active = True
+        writer = self._writer
+        self._finalizer = weakref.finalize(self, writer.close, "closed at exit")
+        atexit.register(self._finalizer)
+
+        step = self._global_step()
+        trace, self._probe_cost = self._probe_now()
+        writer.put("write_meta", self._meta(trace if trace is not None else {}))
+        self._record(step, trace)
+        if self._interval is None:
+            # The first call traced the probe; time one that does not.
+            _, self._probe_cost = self._probe_now()
+        self._next_probe = step + (self._interval or 10)
+        if self.open_viewer:
+            self._launch_viewer()
+
+    def on_train_batch_begin(self, batch, logs=None):
+        # The first steps of a `fit` include tracing and compiling the train function.
+        self._batches_seen += 1
+        if self._active and self._step_clock is None and self._batches_seen > 3:
+            self._step_clock = (batch, time.perf_counter())
+
+    def on_train_batch_end(self, batch, logs=None):
+        if not self._active:
+            return
+        step = self._global_step()
+        self._writer.put("write_scalars", step, _floats(logs), phase="batch")
+        self._measure_step_time(batch)
+        if step >= self._next_probe:
+            trace, cost = self._probe_now()
+            self._record(step, trace)
+            self._probe_cost = cost if self._probe_cost is None else (
+                0.7 * self._probe_cost + 0.3 * cost)
+            self._step_clock = None  # do not count the probe as training time
+            self._next_probe = step + self._current_interval()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self._active:
+            self._writer.put("write_scalars", int(epoch), _floats(logs), phase="epoch")
+
+    def on_train_end(self, logs=None):
+        if self._active:
+            self._writer.put("write_event", "train_end", {
+                "probes": self.probe_count, "probe_seconds": round(self.probe_seconds, 4),
+                "interval": self._interval, "dropped_frames": self.dropped_frames,
+                "nonfinite_arrays": self.nonfinite_count,
+            }, step=self._global_step())
+            self.close("ok")
+
+    # --- internals ---------------------------------------------------------------------------
+
+    def _global_step(self) -> int:
+        optimizer = getattr(self.model, "optimizer", None)
+        iterations = getattr(optimizer, "iterations", None)
+        return 0 if iterations is None else int(keras.ops.convert_to_numpy(iterations))
+
+    def _measure_step_time(self, batch) -> None:
+        if self._step_clock is None:
+            return
+        first_batch, started = self._step_clock
+        done = batch - first_batch + 1
+        if done >= 5:
+            seconds = (time.perf_counter() - started) / done
+            self._step_seconds = seconds if self._step_seconds is None else (
+                0.7 * self._step_seconds + 0.3 * seconds)
+            self._step_clock = None
+
+    def _current_interval(self) -> int:
+        if isinstance(self.every, int):
+            return self.every
+        if self._step_seconds is None or self._probe_cost is None:
+            return self._interval or 10
+        wanted = self._probe_cost / (self.overhead_budget * max(self._step_seconds, 1e-6))
+        self._interval = max(1, math.ceil(wanted))
+        return self._interval
+
+    def _probe_now(self):
+        start = time.perf_counter()
+        try:
+            trace = self._probe(self.probe_x, self.probe_y)
+        except Exception as error:  # noqa: BLE001 - a failed probe must not stop training
+            trace = None
+            if not self._probe_failed:
+                warnings.warn(f"RNNMonitor: the probe failed ({type(error).__name__}: "
+                              f"{error}); training goes on.", RuntimeWarning, stacklevel=3)
+            self._probe_failed = True
+            self._writer.put("write_event", "probe_error",
+                             {"error": f"{type(error).__name__}: {error}"},
+                             step=self._global_step())
+        seconds = time.perf_counter() - start
+        self.probe_count += 1
+        self.probe_seconds += seconds
+        return trace, seconds
+
+    def _record(self, step: int, trace) -> None:
+        writer = self._writer
+        if trace is None:
+            return
+        if trace.loss is not None:
+            writer.put("write_scalars", step, {"probe_loss": trace.loss}, phase="batch")
+        for key, fields in trace.items():
+            arrays = {"grad_norm": fields["grad_norm"], "jacobian_norm": fields["jacobian_norm"]}
+            arrays.update(fields["states"])
+            mask = np.asarray(fields["meta"]["mask"], dtype=bool)
+            # The probe leaves gates of masked steps NaN ("not computed"); record them as 0 so
+            # that NaN in the log always means a real numerical problem. The mask is in meta.
+            arrays.update({name: np.where(mask[..., None], gate, 0.0).astype(np.float32)
+                           for name, gate in fields["gates"].items()})
+            arrays["grad_h"] = fields["grad_h"]
+            blocks = fields["meta"]["block_names"]
+            arrays["sigma_max"] = np.array(
+                [fields["recurrent_sigma_max"][b] for b in blocks], dtype=np.float64)
+            for weight, norms in (fields["weight_grad_norm"] or {}).items():
+                arrays[f"{weight}_grad_norm"] = np.array([norms[b] for b in blocks],
+                                                         dtype=np.float64)
+            for kind, array in arrays.items():
+                if array is None:
+                    continue
+                array = np.asarray(array)
+                if not np.all(np.isfinite(array)):
+                    self.nonfinite_count += 1
+                bulky = _nbytes(array) if kind in BULKY_KINDS else 0
+                writer.put("write_frame", kind, key, step, array, bulky_bytes=bulky)
+        if writer.dropped != self._reported_drops:
+            self._reported_drops = writer.dropped
+            writer.put("write_event", "dropped_frames", {"count": writer.dropped}, step=step)
+
+    def _meta(self, trace) -> dict[str, Any]:
+        import tensorflow as tf
+
+        summary: list[str] = []
+        try:
+            self.model.summary(print_fn=lambda line, *a, **k: summary.append(line))
+        except Exception as error:  # noqa: BLE001 - a summary is a nicety, never fatal
+            summary = [f"(no summary: {error})"]
+        layers = {}
+        for key, fields in trace.items():
+            meta = fields["meta"]
+            activations = meta["block_activations"]
+            output_activation = activations.get("z", activations.get(meta["block_names"][0]))
+            bounds = {name: _BOUNDS.get(activations.get(name)) for name in meta["gate_names"]}
+            bounds["h"] = _BOUNDS.get(output_activation) if meta["kind"] != "cec" else [-1, 1]
+            if "c" in meta["state_names"]:
+                bounds["c"] = None
+            layers[key] = {
+                "layer": meta["layer"],
+                "cell": meta["kind"],
+                "cell_class": meta["cell_class"],
+                "units": meta["units"],
+                "timesteps": meta["timesteps"],
+                "states": list(meta["state_names"]),
+                "gates": list(meta["gate_names"]),
+                "blocks": list(meta["block_names"]),
+                "block_activations": dict(activations),
+                "activation_bounds": bounds,
+                "sigma_threshold": [fields["recurrent_sigma_threshold"][b]
+                                    for b in meta["block_names"]],
+                "go_backwards": meta["go_backwards"],
+                "direction": meta["direction"],
+                "time_order": meta["time_order"],
+                "mask": np.asarray(meta["mask"], dtype=bool).astype(int).tolist(),
+            }
+        shapes = [list(np.shape(a)) for a in keras.tree.flatten(self.probe_x)]
+        return {
+            "model": {"name": self.model.name, "summary": "\n".join(summary),
+                      "class": type(self.model).__name__},
+            "layers": layers,
+            "probe": {"batch_shape": shapes[0] if len(shapes) == 1 else shapes,
+                      "tokens": _tokens(self.tokens),
+                      "has_targets": self.probe_y is not None},
+            "versions": {"keras": keras.__version__, "tensorflow": tf.__version__,
+                         "keras_rnnx": __version__, "numpy": np.__version__},
+            "monitor": {"every": self.every, "overhead_budget": self.overhead_budget,
+                        "jacobian": self.jacobian},
+        }
+
+    def _launch_viewer(self) -> None:
+        try:
+            from visualizer.launch import open_viewer
+        except ImportError as error:
+            warnings.warn(f"RNNMonitor: viewer not started ({error}); install keras-rnnx[viz].",
+                          RuntimeWarning, stacklevel=3)
+            return
+        self.viewer_process = open_viewer(self.run_dir)
+
+
+def _floats(logs) -> dict[str, float]:
+    out = {}
+    for name, value in (logs or {}).items():
+        try:
+            out[str(name)] = float(np.asarray(value).reshape(-1)[0])
+        except (TypeError, ValueError, IndexError):
+            continue
+    return out
+
+
+def _tokens(tokens):
+    if tokens is None:
+        return None
+    tokens = list(tokens)
+    if tokens and all(isinstance(t, str) for t in tokens):
+        return [str(t) for t in tokens]
+    return [[str(t) for t in row] for row in tokens]

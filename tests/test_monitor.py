@@ -1,0 +1,245 @@
+"""RNNMonitor records a fit into a run log that the reader gets back intact."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import warnings
+
+import keras
+import numpy as np
+import pytest
+
+import keras_rnnx as rx
+from keras_rnnx import diagnostics, runlog
+from keras_rnnx.monitor import RNNMonitor
+
+
+def small_model(seed=0):
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential([
+        keras.Input((12, 3)),
+        rx.RNN(rx.ForgetGateLSTMCell(6), return_sequences=True, name="lower"),
+        keras.layers.RNN(rx.VanillaRNNCell(4), name="upper"),
+        keras.layers.Dense(1),
+    ])
+    model.compile(optimizer="adam", loss="mse")
+    return model
+
+
+def data(n=96, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 12, 3)).astype("float32")
+    return x, x[:, :3, 0].sum(axis=1, keepdims=True).astype("float32")
+
+
+def test_records_meta_scalars_and_probe_frames(tmp_path):
+    model = small_model()
+    x, y = data()
+    monitor = RNNMonitor(tmp_path / "run", x[:4], y[:4], every=1,
+                         tokens=[f"w{t}" for t in range(12)])
+    history = model.fit(x, y, epochs=2, batch_size=32, verbose=0, callbacks=[monitor])
+
+    reader = runlog.RunReader(tmp_path / "run")
+    assert reader.finished and reader.end_status == "ok"
+    assert reader.problems == []
+    meta = reader.meta
+    assert set(meta["layers"]) == {"lower", "upper"}
+    assert meta["layers"]["lower"]["cell"] == "forget"
+    assert meta["layers"]["lower"]["gates"] == ["i", "f", "z", "o"]
+    assert meta["layers"]["upper"]["units"] == 4
+    assert meta["probe"]["batch_shape"] == [4, 12, 3]
+    assert meta["probe"]["tokens"][:2] == ["w0", "w1"]
+    assert meta["versions"]["keras"] == keras.__version__
+    assert "lower" in meta["model"]["summary"]
+
+    steps, losses = reader.scalars("loss", phase="epoch")
+    np.testing.assert_array_equal(steps, [0, 1])
+    np.testing.assert_allclose(losses, history.history["loss"], rtol=1e-6)
+    batch_steps, _ = reader.scalars("loss", phase="batch")
+    np.testing.assert_array_equal(batch_steps, np.arange(1, 7))
+
+    # every=1: a probe after every step, and the last one sees the final weights.
+    np.testing.assert_array_equal(reader.steps("grad_norm", "lower"), np.arange(0, 7))
+    final = diagnostics.probe(model, x[:4], y[:4])
+    for layer in ("lower", "upper"):
+        step, h = reader.frames("h", layer)[-1]
+        assert step == 6
+        np.testing.assert_allclose(h, final[layer]["states"]["h"], atol=1e-6)
+        np.testing.assert_allclose(reader.frames("grad_h", layer)[-1][1],
+                                   final[layer]["grad_h"], rtol=1e-5, atol=1e-9)
+        np.testing.assert_allclose(reader.frames("grad_norm", layer)[-1][1],
+                                   final[layer]["grad_norm"], rtol=1e-5)
+        np.testing.assert_allclose(reader.frames("jacobian_norm", layer)[-1][1],
+                                   final[layer]["jacobian_norm"], rtol=1e-5)
+    for gate in "ifzo":
+        np.testing.assert_allclose(reader.frames(gate, "lower")[-1][1],
+                                   final["lower"]["gates"][gate], atol=1e-6)
+    sigma = reader.frames("sigma_max", "lower")[-1][1]
+    kernel = model.get_layer("lower").cell.recurrent_kernel.numpy()
+    np.testing.assert_allclose(sigma, [np.linalg.norm(b, 2) for b in np.split(kernel, 4, 1)],
+                               rtol=1e-5)
+    assert meta["layers"]["lower"]["sigma_threshold"] == [4.0, 4.0, 1.0, 4.0]
+    grads = reader.frames("recurrent_kernel_grad_norm", "lower")[-1][1]
+    assert grads.shape == (4,) and np.all(grads > 0)
+
+
+def test_auto_cadence_is_measured(tmp_path):
+    model = small_model()
+    x, y = data(n=640)
+    monitor = RNNMonitor(tmp_path / "run", x[:4], y[:4])
+    model.fit(x, y, epochs=1, batch_size=16, verbose=0, callbacks=[monitor])
+    assert monitor.interval is not None and monitor.interval >= 1
+    # "auto" spends at most ~2 % of step time on probes after the first ones.
+    expected = monitor._probe_cost / (0.02 * monitor._step_seconds)
+    assert monitor.interval >= 0.5 * expected
+
+
+def test_backpressure_drops_bulky_frames_only(tmp_path):
+    model = small_model()
+    x, y = data()
+    monitor = RNNMonitor(tmp_path / "run", x[:4], y[:4], every=1, max_pending_mb=1e-6)
+    model.fit(x, y, epochs=1, batch_size=16, verbose=0, callbacks=[monitor])
+    reader = runlog.RunReader(tmp_path / "run")
+    assert monitor.dropped_frames > 0
+    dropped = reader.events("dropped_frames")
+    assert dropped and dropped[-1].data["count"] == monitor.dropped_frames
+    probed = np.arange(0, 7)
+    for layer in ("lower", "upper"):
+        for kind in ("grad_norm", "jacobian_norm", "sigma_max", "kernel_grad_norm"):
+            np.testing.assert_array_equal(reader.steps(kind, layer), probed)
+        kept = reader.frame_count("h", layer) if "h" in reader.kinds(layer) else 0
+        assert kept < len(probed)
+    np.testing.assert_array_equal(reader.scalars("loss", phase="batch")[0], np.arange(1, 7))
+
+
+def test_nonfinite_values_are_recorded_not_fatal(tmp_path):
+    model = small_model()
+    x, y = data()
+    kernel = model.get_layer("upper").cell.kernel
+    kernel.assign(np.full(kernel.shape, np.nan, "float32"))
+    monitor = RNNMonitor(tmp_path / "run", x[:4], y[:4], every=2)
+    model.fit(x, y, epochs=1, batch_size=32, verbose=0, callbacks=[monitor])
+    assert monitor.nonfinite_count > 0
+    reader = runlog.RunReader(tmp_path / "run")
+    flagged = {(n.layer, n.name) for n in reader.nonfinite()}
+    assert ("upper", "h") in flagged
+    assert np.isnan(reader.frames("h", "upper")[0][1]).all()
+
+
+def test_unwritable_directory_warns_once_and_training_goes_on(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    model = small_model()
+    x, y = data()
+    monitor = RNNMonitor(blocker / "run", x[:4], y[:4], every=1)
+    with pytest.warns(RuntimeWarning, match="cannot record into") as caught:
+        history = model.fit(x, y, epochs=2, batch_size=32, verbose=0, callbacks=[monitor])
+    assert len([w for w in caught if "RNNMonitor" in str(w.message)]) == 1
+    assert len(history.history["loss"]) == 2
+
+
+def test_disk_full_warns_once_and_stops_writing(tmp_path, monkeypatch):
+    model = small_model()
+    x, y = data()
+    calls = {"n": 0}
+    original = runlog.RunWriter.write_frame
+
+    def failing(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 5:
+            raise OSError(28, "No space left on device")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(runlog.RunWriter, "write_frame", failing)
+    monitor = RNNMonitor(tmp_path / "run", x[:4], y[:4], every=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        history = model.fit(x, y, epochs=2, batch_size=32, verbose=0, callbacks=[monitor])
+    messages = [str(w.message) for w in caught if "RNNMonitor" in str(w.message)]
+    assert len(messages) == 1 and "No space left" in messages[0]
+    assert len(history.history["loss"]) == 2
+    assert calls["n"] == 6  # nothing more was attempted after the failure
+    reader = runlog.RunReader(tmp_path / "run")
+    assert reader.meta["layers"]
+
+
+def test_existing_run_needs_resume(tmp_path):
+    model = small_model()
+    x, y = data()
+    model.fit(x, y, epochs=1, batch_size=32, verbose=0,
+              callbacks=[RNNMonitor(tmp_path / "run", x[:4], y[:4], every=2)])
+    with pytest.raises(ValueError, match="argument `run_dir`.*resume=True"):
+        RNNMonitor(tmp_path / "run", x[:4], y[:4])
+    model.fit(x, y, epochs=1, batch_size=32, verbose=0,
+              callbacks=[RNNMonitor(tmp_path / "run", x[:4], y[:4], every=2, resume=True)])
+    reader = runlog.RunReader(tmp_path / "run")
+    steps, _ = reader.scalars("loss", phase="batch")
+    np.testing.assert_array_equal(steps, np.arange(1, 7))
+    assert reader.problems == []
+
+
+def test_context_manager_marks_a_failed_fit(tmp_path):
+    model = small_model()
+    x, y = data()
+
+    class Boom(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 1:
+                raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        with RNNMonitor(tmp_path / "run", x[:4], y[:4], every=1) as monitor:
+            model.fit(x, y, epochs=1, batch_size=16, verbose=0, callbacks=[monitor, Boom()])
+    reader = runlog.RunReader(tmp_path / "run")
+    assert reader.finished and reader.end_status == "error: RuntimeError"
+    assert len(reader.scalars("loss", phase="batch")[0]) == 2
+
+
+@pytest.mark.parametrize("every", [0, -1, 2.5, "often", True])
+def test_invalid_every(tmp_path, every):
+    with pytest.raises(ValueError, match="argument `every`"):
+        RNNMonitor(tmp_path / "run", np.zeros((2, 3, 1), "float32"), every=every)
+
+
+def test_killed_training_keeps_what_was_flushed(tmp_path):
+    """kill -9 in the middle of fit: the log reads back up to the last flushed record."""
+    script = textwrap.dedent(f"""
+        import sys, numpy as np, keras, keras_rnnx as rx
+        from keras_rnnx.monitor import RNNMonitor
+
+        class Announce(keras.callbacks.Callback):
+            def on_train_batch_end(self, batch, logs=None):
+                if batch == 20:
+                    print("running", flush=True)
+
+        x = np.random.default_rng(0).normal(size=(100000, 12, 3)).astype("float32")
+        y = x[:, :1, 0]
+        model = keras.Sequential([keras.Input((12, 3)), keras.layers.RNN(rx.CECCell(6)),
+                                  keras.layers.Dense(1)])
+        model.compile("adam", "mse")
+        monitor = RNNMonitor({str(tmp_path / "run")!r}, x[:4], y[:4], every=3)
+        model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[Announce(), monitor])
+    """)
+    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL, text=True,
+                               env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    try:
+        assert process.stdout.readline().strip() == "running"
+        time.sleep(1.5)
+        process.send_signal(signal.SIGKILL)
+        seen_at_kill = time.monotonic()
+    finally:
+        process.kill()
+        process.wait(30)
+    assert seen_at_kill
+    reader = runlog.RunReader(tmp_path / "run")
+    assert not reader.finished
+    assert not [p for p in reader.problems if "corrupt" in p.lower()]
+    steps, values = reader.scalars("loss", phase="batch")
+    assert len(steps) > 21 and np.all(np.diff(steps) == 1) and np.all(np.isfinite(values))
+    assert reader.frame_count("grad_norm", "rnn") >= 5
