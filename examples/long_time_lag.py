@@ -7,12 +7,15 @@ mean, 1.0, whatever the input gives an MSE of 1/6 ≈ 0.167: a cell that cannot 
 information across the lag stays there. The vanilla RNN's gradient vanishes across the lag;
 the cells with a constant error carousel keep it alive.
 
-Prints a table of test MSE per cell against the 0.167 baseline and writes a PNG of the
-training curves.
+Prints a table of test MSE per cell against the 0.167 baseline, and how much of the
+gradient ‖∂L/∂h_t‖ reaches the first step, and writes a PNG of the test curves and of the
+gradient through time (measured by `keras_rnnx.diagnostics.probe`) before and after training.
 
-    python examples/long_time_lag.py                  # all four cells, lag 100
-    python examples/long_time_lag.py --cell original  # one cell
-    python examples/long_time_lag.py --smoke          # tiny, for tests
+    python examples/long_time_lag.py                      # all four cells, lag 100
+    python examples/long_time_lag.py --cell original      # one cell
+    python examples/long_time_lag.py --monitor runs/lag   # record each cell's run for the viewer
+    python examples/long_time_lag.py --viz                # ... and watch them live
+    python examples/long_time_lag.py --smoke              # tiny, for tests
 """
 
 from __future__ import annotations
@@ -41,10 +44,19 @@ def adding_problem(n: int, lag: int, rng: np.random.Generator):
     return x, y
 
 
+def gradient_through_time(model, x, y):
+    """‖∂L/∂h_t‖ for every t of the model's recurrent layer, from the probe."""
+    from keras_rnnx.diagnostics import probe
+
+    (fields,) = probe(model, x, y, jacobian=False).values()
+    return fields["grad_norm"]
+
+
 def train_cell(kind: str, args, data):
     import keras
 
     import keras_rnnx as rx
+    from keras_rnnx.monitor import RNNMonitor
 
     (x_train, y_train), (x_test, y_test) = data
     keras.utils.set_random_seed(args.seed)
@@ -57,13 +69,21 @@ def train_cell(kind: str, args, data):
                   jit_compile=True)
     steps_per_epoch = max(1, len(x_train) // args.batch)
     epochs = max(1, args.steps // steps_per_epoch)
+    probe_x, probe_y = x_test[:8], y_test[:8]
+    grad_before = gradient_through_time(model, probe_x, probe_y)
+    callbacks = []
+    if args.monitor:
+        callbacks.append(RNNMonitor(os.path.join(args.monitor, kind), probe_x, probe_y,
+                                    open_viewer=args.viz and kind == args.first_cell))
     start = time.perf_counter()
     history = model.fit(x_train, y_train, batch_size=args.batch, epochs=epochs,
-                        validation_data=(x_test, y_test), verbose=0)
+                        validation_data=(x_test, y_test), verbose=0, callbacks=callbacks)
     seconds = time.perf_counter() - start
     mse = float(model.evaluate(x_test, y_test, verbose=0))
+    grad_after = gradient_through_time(model, probe_x, probe_y)
     return dict(kind=kind, mse=mse, seconds=seconds, steps=epochs * steps_per_epoch,
-                val_curve=history.history["val_loss"], steps_per_epoch=steps_per_epoch)
+                val_curve=history.history["val_loss"], steps_per_epoch=steps_per_epoch,
+                grad_before=grad_before, grad_after=grad_after)
 
 
 def plot(results, args):
@@ -72,16 +92,27 @@ def plot(results, args):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
+    ax = axes[0]
     for r in results:
         steps = np.arange(1, len(r["val_curve"]) + 1) * r["steps_per_epoch"]
-        ax.plot(steps, r["val_curve"], label=f"{r['kind']} (final {r['mse']:.4f})")
+        ax.plot(steps, r["val_curve"], marker=".", label=f"{r['kind']} (final {r['mse']:.4f})")
     ax.axhline(BASELINE_MSE, color="grey", ls="--", label="predict 1.0 (0.167)")
     ax.set_yscale("log")
     ax.set_xlabel("training step")
     ax.set_ylabel("test MSE")
-    ax.set_title(f"Adding problem, lag {args.lag}: which cells bridge it?")
-    ax.legend()
+    ax.set_title(f"Adding problem, lag {args.lag}")
+    ax.legend(fontsize=8)
+    for ax, key, when in ((axes[1], "grad_before", "at initialisation"),
+                          (axes[2], "grad_after", "after training")):
+        for r in results:
+            ax.plot(np.arange(args.lag), np.maximum(r[key], 1e-30), label=r["kind"])
+        ax.set_yscale("log")
+        ax.set_xlabel("time step t")
+        ax.set_ylabel("‖∂L/∂h_t‖ (probe batch of 8)")
+        ax.set_title(f"Gradient through time, {when}")
+        ax.legend(fontsize=8)
+    fig.suptitle("Vanishing gradients: the vanilla RNN cannot bridge the lag, the carousel can")
     fig.tight_layout()
     fig.savefig(args.out, dpi=110)
     plt.close(fig)
@@ -98,8 +129,14 @@ def main(argv=None):
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="long_time_lag.png", help="PNG of the curves")
+    parser.add_argument("--monitor", metavar="RUN_DIR",
+                        help="record each cell's training into RUN_DIR/<cell> with RNNMonitor")
+    parser.add_argument("--viz", action="store_true",
+                        help="open the live viewer on the recorded runs (implies --monitor)")
     parser.add_argument("--smoke", action="store_true", help="tiny run for tests")
     args = parser.parse_args(argv)
+    if args.viz and not args.monitor:
+        args.monitor = os.path.join("runs", f"long_time_lag-{time.strftime('%Y%m%d-%H%M%S')}")
     if args.smoke:
         args.lag, args.units, args.steps, args.batch = 20, 8, 40, 32
     if args.lag < 2:
@@ -109,17 +146,23 @@ def main(argv=None):
     n_train = max(args.batch * 50, 1000) if not args.smoke else 320
     data = adding_problem(n_train, args.lag, rng), adding_problem(500, args.lag, rng)
     kinds = ["vanilla", "cec", "original", "forget"] if args.cell == "all" else [args.cell]
+    args.first_cell = kinds[0]
 
     results = []
     print(f"Adding problem, lag {args.lag}; always predicting 1.0 gives MSE {BASELINE_MSE:.3f}")
-    print(f"{'cell':<10}{'test MSE':>10}{'vs 0.167':>10}{'steps':>8}{'seconds':>9}")
+    print("grad t=0/t=T-1: ‖∂L/∂h_0‖ / ‖∂L/∂h_{T-1}‖ on the probe batch after training")
+    print(f"{'cell':<10}{'test MSE':>10}{'vs 0.167':>10}{'grad t=0/t=T-1':>16}"
+          f"{'steps':>8}{'seconds':>9}")
     for kind in kinds:
         r = train_cell(kind, args, data)
         results.append(r)
-        print(f"{kind:<10}{r['mse']:>10.4f}{r['mse'] / BASELINE_MSE:>10.2f}"
+        reach = r["grad_after"][0] / max(r["grad_after"][-1], 1e-30)
+        print(f"{kind:<10}{r['mse']:>10.4f}{r['mse'] / BASELINE_MSE:>10.2f}{reach:>16.2e}"
               f"{r['steps']:>8}{r['seconds']:>9.1f}", flush=True)
     plot(results, args)
     print(f"wrote {args.out}")
+    if args.monitor:
+        print(f"runs recorded in {args.monitor}; watch them with: rnnx-viz {args.monitor}")
     return results
 
 
