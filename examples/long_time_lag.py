@@ -21,12 +21,10 @@ gradient through time (measured by `keras_rnnx.diagnostics.probe`) before and af
 from __future__ import annotations
 
 import argparse
-import os
 import time
 
+import common
 import numpy as np
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 BASELINE_MSE = 1.0 / 6.0
 
@@ -56,25 +54,22 @@ def train_cell(kind: str, args, data):
     import keras
 
     import keras_rnnx as rx
-    from keras_rnnx.monitor import RNNMonitor
 
     (x_train, y_train), (x_test, y_test) = data
     keras.utils.set_random_seed(args.seed)
     model = keras.Sequential([
         keras.Input((args.lag, 2)),
-        rx.RNN(rx.CELL_KINDS[kind](args.units)),
+        rx.RNN(common.cell(kind, args.units)),
         keras.layers.Dense(1),
     ], name=kind)
     model.compile(optimizer=keras.optimizers.Adam(args.lr, clipnorm=1.0), loss="mse",
-                  jit_compile=True)
+                  jit_compile=not args.smoke)
     steps_per_epoch = max(1, len(x_train) // args.batch)
     epochs = max(1, args.steps // steps_per_epoch)
     probe_x, probe_y = x_test[:8], y_test[:8]
     grad_before = gradient_through_time(model, probe_x, probe_y)
-    callbacks = []
-    if args.monitor:
-        callbacks.append(RNNMonitor(os.path.join(args.monitor, kind), probe_x, probe_y,
-                                    open_viewer=args.viz and kind == args.first_cell))
+    callbacks = common.monitor_callbacks(args, kind, probe_x, probe_y,
+                                         open_viewer=kind == args.first_cell)
     start = time.perf_counter()
     history = model.fit(x_train, y_train, batch_size=args.batch, epochs=epochs,
                         validation_data=(x_test, y_test), verbose=0, callbacks=callbacks)
@@ -113,37 +108,26 @@ def plot(results, args):
         ax.set_title(f"Gradient through time, {when}")
         ax.legend(fontsize=8)
     fig.suptitle("Vanishing gradients: the vanilla RNN cannot bridge the lag, the carousel can")
-    fig.tight_layout()
-    fig.savefig(args.out, dpi=110)
+    common.save_figure(fig, args.out)
     plt.close(fig)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cell", choices=["vanilla", "cec", "original", "forget", "all"],
-                        default="all")
+    common.add_common_arguments(parser, cell_default="all", allow_all=True)
     parser.add_argument("--lag", type=int, default=100, help="sequence length T")
     parser.add_argument("--units", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=2000, help="training steps per cell")
+    parser.add_argument("--steps", type=int, default=3000, help="training steps per cell")
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="long_time_lag.png", help="PNG of the curves")
-    parser.add_argument("--monitor", metavar="RUN_DIR",
-                        help="record each cell's training into RUN_DIR/<cell> with RNNMonitor")
-    parser.add_argument("--viz", action="store_true",
-                        help="open the live viewer on the recorded runs (implies --monitor)")
-    parser.add_argument("--smoke", action="store_true", help="tiny run for tests")
-    args = parser.parse_args(argv)
-    if args.viz and not args.monitor:
-        args.monitor = os.path.join("runs", f"long_time_lag-{time.strftime('%Y%m%d-%H%M%S')}")
+    parser.add_argument("--lr", type=float, default=1e-2)
+    args = common.finish_arguments(parser.parse_args(argv), "long_time_lag")
     if args.smoke:
         args.lag, args.units, args.steps, args.batch = 20, 8, 40, 32
     if args.lag < 2:
         parser.error("--lag must be at least 2")
 
     rng = np.random.default_rng(args.seed)
-    n_train = max(args.batch * 50, 1000) if not args.smoke else 320
+    n_train = 320 if args.smoke else 20_000
     data = adding_problem(n_train, args.lag, rng), adding_problem(500, args.lag, rng)
     kinds = ["vanilla", "cec", "original", "forget"] if args.cell == "all" else [args.cell]
     args.first_cell = kinds[0]
@@ -160,7 +144,6 @@ def main(argv=None):
         print(f"{kind:<10}{r['mse']:>10.4f}{r['mse'] / BASELINE_MSE:>10.2f}{reach:>16.2e}"
               f"{r['steps']:>8}{r['seconds']:>9.1f}", flush=True)
     plot(results, args)
-    print(f"wrote {args.out}")
     if args.monitor:
         print(f"runs recorded in {args.monitor}; watch them with: rnnx-viz {args.monitor}")
     return results

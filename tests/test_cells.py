@@ -85,13 +85,14 @@ def test_golden_values_with_constant_initializers():
                 bias_initializer="zeros")
     a = 0.2  # x @ kernel: two inputs of 1 times 0.1
     s = 1 / (1 + np.exp(-a))
-    s_neg = 1 / (1 + np.exp(-(a - 1.0)))  # original cell's gates start at bias -1
+    s_i = 1 / (1 + np.exp(-(a - 3.0)))  # original cell: input-gate bias starts at -3
+    s_o = 1 / (1 + np.exp(-(a - 1.0)))  # ... and output-gate bias at -1
     s_forget = 1 / (1 + np.exp(-(a + 1.0)))  # unit forget bias, unused with c_prev = 0
     assert s_forget > 0
     expected = {
         "vanilla": np.tanh(a),
         "cec": np.tanh(np.tanh(a)),
-        "original": s_neg * np.tanh(s_neg * np.tanh(a)),
+        "original": s_o * np.tanh(s_i * np.tanh(a)),
         "forget": s * np.tanh(s * np.tanh(a)),
     }
     for kind, cls in CELLS.items():
@@ -413,7 +414,7 @@ def test_original_cell_default_gate_biases():
     np.testing.assert_array_equal(i, cell.input_gate_bias)
     np.testing.assert_array_equal(z, 0.0)
     np.testing.assert_array_equal(o, cell.output_gate_bias)
-    assert cell.input_gate_bias < 0 and cell.output_gate_bias < 0
+    assert (cell.input_gate_bias, cell.output_gate_bias) == (-3.0, -1.0)
     plain = rx.OriginalLSTMCell(4, input_gate_bias=None, output_gate_bias=None)
     plain.build((None, 2))
     np.testing.assert_array_equal(plain.bias.numpy(), 0.0)
