@@ -1,20 +1,35 @@
-"""`keras_rnnx.RNN`: `keras.layers.RNN` with clear errors for bad sequences."""
+"""`keras_rnnx.RNN`: `keras.layers.RNN` with a fast path for the lecture cells and clear errors."""
 
 from __future__ import annotations
 
 import keras
 from keras import ops
 
+# Keras's backend loop (`backend.rnn`) and its cuDNN LSTM (`backend.lstm`) are not exported
+# under `keras.ops`; `keras.layers.RNN` and `keras.layers.LSTM` call them the same way.
+from keras.src import backend as keras_backend
+
 from keras_rnnx import _validation
+from keras_rnnx.cells.base import LectureCell
+from keras_rnnx.cells.forget_gate_lstm import ForgetGateLSTMCell
 
 
 @keras.saving.register_keras_serializable(package="keras_rnnx")
 class RNN(keras.layers.RNN):
-    """A drop-in `keras.layers.RNN`: same arguments, weights and configuration.
+    """A drop-in `keras.layers.RNN`: same arguments, weights, configuration and outputs.
 
-    It checks its input before the time loop runs, so that a sequence of the wrong rank, of
+    For the four lecture cells it takes a faster path than the generic step loop: the input
+    projection x_t @ kernel + bias is computed for all t as one large matrix product before
+    the recurrence, so each step does a single fused h_{t-1} @ recurrent_kernel and the
+    cell's equations. Dropout, recurrent dropout, masks, `go_backwards`, `stateful`,
+    `unroll` and `initial_state` behave exactly as in `keras.layers.RNN`. On a GPU, a
+    `ForgetGateLSTMCell` with tanh/sigmoid activations, a bias and no recurrent dropout runs
+    on Keras's cuDNN kernel, as `keras.layers.LSTM` does. Other cells (Keras's own, stacked
+    cells) take the generic loop.
+
+    It also checks its input before the loop runs, so that a sequence of the wrong rank, of
     zero length or of a non-float dtype is reported by name instead of failing inside the
-    backend's loop. It works with any Keras cell, not only the lecture cells.
+    backend.
     """
 
     def build(self, sequences_shape, initial_state_shape=None):
@@ -40,3 +55,70 @@ class RNN(keras.layers.RNN):
                         f"got {tuple(ops.shape(state))}."
                     )
         return super().call(sequences, initial_state=initial_state, mask=mask, training=training)
+
+    def inner_loop(self, sequences, initial_state, mask, training=False):
+        cell = self.cell
+        if not isinstance(cell, LectureCell):
+            return super().inner_loop(sequences, initial_state, mask, training=training)
+        if isinstance(mask, (list, tuple)):
+            mask = mask[0]
+        x = sequences
+        if training and cell.dropout > 0.0:
+            x = x * ops.expand_dims(cell.get_dropout_mask(sequences[:, 0, :]), axis=1)
+        recurrent_mask = None
+        if training and cell.recurrent_dropout > 0.0:
+            recurrent_mask = cell.get_recurrent_dropout_mask(initial_state[0])
+
+        if recurrent_mask is None and isinstance(cell, ForgetGateLSTMCell):
+            try:
+                return self._cudnn_loop(x, initial_state, mask)
+            except NotImplementedError:
+                pass
+
+        kernel, recurrent_kernel = cell.kernel, cell.recurrent_kernel
+        projected = ops.matmul(x, ops.cast(kernel, x.dtype))
+        if cell.use_bias:
+            projected = projected + ops.cast(cell.bias, x.dtype)
+        recurrent_kernel = ops.cast(recurrent_kernel, x.dtype)
+
+        def step(projected_t, states):
+            h_prev = states[0] if recurrent_mask is None else states[0] * recurrent_mask
+            a = projected_t + ops.matmul(h_prev, recurrent_kernel)
+            new_states, _ = cell.equations(a, states)
+            return new_states[0], new_states
+
+        return keras_backend.rnn(
+            step,
+            projected,
+            list(initial_state),
+            go_backwards=self.go_backwards,
+            mask=mask,
+            unroll=self.unroll,
+            input_length=sequences.shape[1],
+            zero_output_for_mask=self.zero_output_for_mask,
+            return_all_outputs=self.return_sequences,
+        )
+
+    def _cudnn_loop(self, x, initial_state, mask):
+        """Keras's fused LSTM kernel; raises NotImplementedError where it cannot run."""
+        cell = self.cell
+        if (keras.backend.backend() != "tensorflow" or not cell.use_bias
+                or self.zero_output_for_mask):
+            raise NotImplementedError
+        out = keras_backend.lstm(
+            x,
+            initial_state[0],
+            initial_state[1],
+            mask,
+            kernel=cell.kernel,
+            recurrent_kernel=cell.recurrent_kernel,
+            bias=cell.bias,
+            activation=cell.activation,
+            recurrent_activation=cell.recurrent_activation,
+            return_sequences=self.return_sequences,
+            go_backwards=self.go_backwards,
+            unroll=self.unroll,
+        )
+        # cuDNN ops are not XLA-compatible, as for keras.layers.LSTM.
+        self.supports_jit = False
+        return out

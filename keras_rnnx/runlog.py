@@ -83,6 +83,8 @@ _CRC = struct.Struct("<I")
 _HEADER_LENGTH = struct.Struct("<I")
 _FRAMING_BYTES = _LENGTH.size + _CRC.size
 _MIN_PAYLOAD_BYTES = _HEADER_LENGTH.size + 2  # header length + "{}"
+_MAX_DIMS = 64  # NumPy's limit (numpy >= 2; a reader on an older NumPy skips 33..64 as corrupt)
+_MAX_STEP = (1 << 63) - 1  # steps are int64
 
 _SCAN_CHUNK_BYTES = 1 << 20
 _READ_BUFFER_BYTES = 1 << 20
@@ -256,6 +258,10 @@ def _decode(payload: bytes) -> tuple[dict, np.ndarray | None]:
         isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape
     ):
         raise _BadRecord(f"shape {shape!r} is not a list of non-negative integers")
+    if len(shape) > _MAX_DIMS:
+        # Fuzzing fix: NumPy's reshape raised ValueError for more dimensions than it supports;
+        # checked first also so that `math.prod` never multiplies a huge list of huge ints.
+        raise _BadRecord(f"shape of {len(shape)} dimensions has more than {_MAX_DIMS}")
     dtype = np.dtype(dtype)
     count = math.prod(shape)
     if count * dtype.itemsize != data_bytes:
@@ -263,12 +269,31 @@ def _decode(payload: bytes) -> tuple[dict, np.ndarray | None]:
             f"shape {shape} of {dtype.str} needs {count * dtype.itemsize} bytes, "
             f"the record holds {data_bytes}"
         )
-    array = np.frombuffer(payload, dtype, count, offset=data_start).reshape(shape)
+    try:
+        array = np.frombuffer(payload, dtype, count, offset=data_start).reshape(shape)
+    except (ValueError, OverflowError):
+        # Fuzzing fix: an empty array may declare a dimension NumPy cannot index (e.g.
+        # `[0, 2**63]`: 0 bytes of data, so the size check passes); reshape raised ValueError.
+        raise _BadRecord(f"shape {shape} cannot be an array") from None
     return header, array
 
 
 def _is_step(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    # Fuzzing fix: steps are returned as int64 arrays; a larger step used to pass here and then
+    # raise OverflowError while being stored (or in `steps()`).
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _MAX_STEP
+
+
+def _wall_time(value: Any) -> float | None:
+    """A header's `time` as a float, or None if it is not a number a float can hold."""
+    # Fuzzing fix: `float(10**400)` raised OverflowError out of `refresh()`, and `true` was
+    # taken for 1.0.
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        return float(value)
+    except OverflowError:
+        return None
 
 
 def _is_name(value: Any) -> bool:
@@ -490,9 +515,16 @@ class RunWriter:
 
 
 def _check_step(step: Any) -> int:
-    if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0:
+    # Fuzzing fix: steps above int64 were written, and readers (which keep steps as int64)
+    # then skip those records; refuse them here instead.
+    if (
+        isinstance(step, bool)
+        or not isinstance(step, numbers.Integral)
+        or not 0 <= step <= _MAX_STEP
+    ):
         raise ValueError(
-            f"Invalid value for argument `step`: expected a non-negative integer, got {step!r}."
+            f"Invalid value for argument `step`: expected a non-negative integer below 2**63, "
+            f"got {step!r}."
         )
     return int(step)
 
@@ -739,10 +771,9 @@ class RunReader:
                 f"{self.path}: written in run-log format version {version}, but this keras_rnnx "
                 f"reads versions up to {FORMAT_VERSION}; upgrade keras-rnnx to read it."
             )
-        start_time = header.get("time")
         with self._lock:
             self._version = version
-            self._start_time = start_time if isinstance(start_time, (int, float)) else None
+            self._start_time = _wall_time(header.get("time"))
             self._offset = _FRAMING_BYTES + length
         return True
 
@@ -850,8 +881,7 @@ class RunReader:
     def _interpret(self, header: dict, array: np.ndarray | None) -> tuple:
         """Validates a decoded record; returns a tuple for `_apply` (decoding stays unlocked)."""
         kind = header["type"]
-        wall_time = header.get("time")
-        wall_time = float(wall_time) if isinstance(wall_time, (int, float)) else None
+        wall_time = _wall_time(header.get("time"))
         if kind == "frame":
             step, frame_kind, layer = header.get("step"), header.get("kind"), header.get("layer")
             if not (_is_step(step) and _is_name(frame_kind) and _is_name(layer)):
@@ -859,7 +889,13 @@ class RunReader:
             if array is None:
                 raise _BadRecord("frame record without an array")
             axes = header.get("axes")
-            if not (isinstance(axes, list) and all(isinstance(a, str) for a in axes)):
+            # Fuzzing fix: axes of the wrong count (one name per array axis) are ignored too,
+            # so `axes()` never names more or fewer axes than the frames have.
+            if not (
+                isinstance(axes, list)
+                and len(axes) == array.ndim
+                and all(isinstance(a, str) for a in axes)
+            ):
                 axes = None
             return ("frame", frame_kind, layer, step, array, axes, _nonfinite(array))
         if kind == "scalars":

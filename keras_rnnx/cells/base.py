@@ -6,7 +6,7 @@ A cell computes one fused pre-activation for all of its blocks,
 
 which is the lecture's W·[x_t; h_{t-1}] with W split into an input and a recurrent part. Each
 subclass names its blocks in `block_names` (kernel column order) and writes its equations in
-`step`, which also returns the gate activations for the probe.
+`equations(a, states)`, which also returns the gate activations for the probe.
 """
 
 from __future__ import annotations
@@ -156,14 +156,22 @@ class LectureCell(DropoutRNNCell, keras.layers.Layer):
     def split_blocks(self, a):
         return ops.split(a, self.n_blocks, axis=-1) if self.n_blocks > 1 else [a]
 
-    def step(self, inputs, states, training=False):
-        """One step of the cell's equations: returns (new_states, gates).
+    def equations(self, a, states):
+        """The cell's equations from the fused pre-activation `a`: returns (new_states, gates).
 
         `new_states` follows `state_names`; `gates` maps each block name to its activation
-        (σ(·) for gates, tanh(·) for z), each (batch, units). `call` returns h and the
-        states; the probe in `keras_rnnx.diagnostics` also reads the gates.
+        (σ(·) for gates, tanh(·) for z), each (batch, units).
         """
         raise NotImplementedError
+
+    def step(self, inputs, states, training=False):
+        """One step: `equations(preactivation(inputs, h_prev))`, returns (new_states, gates).
+
+        `call` returns h and the states; the probe in `keras_rnnx.diagnostics` also reads the
+        gates. `keras_rnnx.RNN` computes x @ kernel for all steps at once and calls
+        `equations` in its loop.
+        """
+        return self.equations(self.preactivation(inputs, states[0], training), states)
 
     def call(self, inputs, states, training=False):
         new_states, _ = self.step(inputs, states, training=training)

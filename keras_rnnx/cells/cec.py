@@ -32,9 +32,9 @@ class CECCell(LectureCell):
     block_names = ("z",)
     state_names = ("h", "c")
 
-    def step(self, inputs, states, training=False):
-        h_prev, c_prev = states[0], states[1]
-        (z,) = self.split_blocks(self.preactivation(inputs, h_prev, training))
+    def equations(self, a, states):
+        c_prev = states[1]
+        (z,) = self.split_blocks(a)
         z = self.activation(z)
         c = c_prev + z
         h = self.activation(c)

@@ -43,9 +43,9 @@ class ForgetGateLSTMCell(GatedCell):
     def bias_block_values(self):
         return {"f": 1.0} if self.unit_forget_bias else {}
 
-    def step(self, inputs, states, training=False):
-        h_prev, c_prev = states[0], states[1]
-        i, f, z, o = self.split_blocks(self.preactivation(inputs, h_prev, training))
+    def equations(self, a, states):
+        c_prev = states[1]
+        i, f, z, o = self.split_blocks(a)
         sigmoid, tanh = self.recurrent_activation, self.activation
         i, f, z, o = sigmoid(i), sigmoid(f), tanh(z), sigmoid(o)
         c = f * c_prev + i * z

@@ -69,9 +69,9 @@ class OriginalLSTMCell(GatedCell):
         values = {"i": self.input_gate_bias, "o": self.output_gate_bias}
         return {name: value for name, value in values.items() if value is not None}
 
-    def step(self, inputs, states, training=False):
-        h_prev, c_prev = states[0], states[1]
-        i, z, o = self.split_blocks(self.preactivation(inputs, h_prev, training))
+    def equations(self, a, states):
+        c_prev = states[1]
+        i, z, o = self.split_blocks(a)
         sigmoid, tanh = self.recurrent_activation, self.activation
         i, z, o = sigmoid(i), tanh(z), sigmoid(o)
         c = c_prev + i * z

@@ -33,8 +33,7 @@ class VanillaRNNCell(LectureCell):
     block_names = ("z",)
     state_names = ("h",)
 
-    def step(self, inputs, states, training=False):
-        h_prev = states[0]
-        (z,) = self.split_blocks(self.preactivation(inputs, h_prev, training))
+    def equations(self, a, states):
+        (z,) = self.split_blocks(a)
         h = self.activation(z)
         return [h], {}
