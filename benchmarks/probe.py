@@ -1,0 +1,177 @@
+"""Probe cost: milliseconds per `keras_rnnx.diagnostics.probe` call, against a training step.
+
+For each of the four cells, a model `Input((T, D)) → keras.layers.RNN(cell(U)) → Dense(1)`,
+compiled with mse, is probed on one batch of B sequences with targets, with and without the
+Jacobian norms. The first call of each (it traces the probe's graph) is reported apart from
+the steady state: the median of `--repeats` calls (`--jac-repeats` for the Jacobian variant,
+which costs seconds a call: one SVD per sample and step), interleaved across cells and
+variants, the order rotating every round. The baselines, on the same batch and in the same
+rounds: one `model.train_on_batch` step, and one forward + backward pass (`tf.GradientTape`
+in a `tf.function`, no weight update).
+
+    python benchmarks/probe.py              # B=8, T=100, U=128, D=32
+    python benchmarks/probe.py --quick      # tiny sizes, a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+VARIANTS = ("train_on_batch", "fwd+bwd", "probe jac", "probe no-jac")
+
+
+def build_model(kind: str, args):
+    import keras
+
+    import keras_rnnx as rx
+
+    keras.utils.set_random_seed(args.seed)
+    model = keras.Sequential([
+        keras.Input((args.timesteps, args.input_dim)),
+        keras.layers.RNN(rx.CELL_KINDS[kind](args.units)),
+        keras.layers.Dense(1),
+    ], name=kind)
+    model.compile(optimizer="adam", loss="mse")
+    return model
+
+
+def make_calls(model, x, y) -> dict:
+    """One zero-argument callable per variant, each returning only once its work is done."""
+    import keras
+    import tensorflow as tf
+
+    from keras_rnnx import diagnostics
+
+    loss_fn = keras.losses.MeanSquaredError()
+
+    @tf.function
+    def forward_backward(x, y):
+        with tf.GradientTape() as tape:
+            loss = loss_fn(y, model(x, training=True))
+        return tape.gradient(loss, model.trainable_variables)
+
+    def fwd_bwd():
+        return [g.numpy() for g in forward_backward(x, y)]
+
+    return {
+        "train_on_batch": lambda: model.train_on_batch(x, y),
+        "fwd+bwd": fwd_bwd,
+        "probe jac": lambda: diagnostics.probe(model, x, y, jacobian=True),
+        "probe no-jac": lambda: diagnostics.probe(model, x, y, jacobian=False),
+    }
+
+
+def timed_ms(call) -> float:
+    start = time.perf_counter()
+    call()
+    return (time.perf_counter() - start) * 1e3
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=7,
+                        help="steady-state calls per cell and variant (median reported)")
+    parser.add_argument("--jac-repeats", type=int, default=3,
+                        help="steady-state calls of the jacobian=True probe (at most --repeats)")
+    parser.add_argument("--batch", type=int, default=8, help="B")
+    parser.add_argument("--timesteps", type=int, default=100, help="T")
+    parser.add_argument("--units", type=int, default=128, help="U")
+    parser.add_argument("--input-dim", type=int, default=32, help="D")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke run")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.batch, args.timesteps, args.units, args.input_dim = 2, 6, 4, 3
+        args.repeats = min(args.repeats, 3)
+    args.jac_repeats = min(args.jac_repeats, args.repeats)
+    if args.jac_repeats < 1:
+        parser.error("--repeats and --jac-repeats must be at least 1")
+
+    import keras
+    import tensorflow as tf
+
+    import keras_rnnx as rx
+    from keras_rnnx import diagnostics
+
+    # Each Probe owns one graph function of the same method, which TensorFlow's retracing
+    # warning counts together; real retraces are reported from `trace_count` at the end.
+    tf.get_logger().setLevel("ERROR")
+    rng = np.random.default_rng(args.seed)
+    x = rng.normal(size=(args.batch, args.timesteps, args.input_dim)).astype("float32")
+    y = rng.normal(size=(args.batch, 1)).astype("float32")
+    kinds = list(rx.CELL_KINDS)
+    print(f"probe cost: B={args.batch} T={args.timesteps} U={args.units} D={args.input_dim}, "
+          f"{args.repeats} interleaved repeats ({args.jac_repeats} for probe jac); tensorflow "
+          f"{tf.__version__}, keras {keras.__version__}, {os.cpu_count()} CPUs "
+          f"({platform.machine()})", flush=True)
+
+    # All models first: `set_random_seed` empties TensorFlow's cache of instantiated graph
+    # functions, so seeding between calls would make the next call of every graph slow again.
+    models = {kind: build_model(kind, args) for kind in kinds}
+    calls = {kind: make_calls(models[kind], x, y) for kind in kinds}
+    first = {}
+    for kind in kinds:
+        first[kind] = {v: timed_ms(calls[kind][v]) for v in VARIANTS}
+        print(f"first calls of {kind}: {sum(first[kind].values()) / 1e3:.1f} s", flush=True)
+
+    samples = {kind: {v: [] for v in VARIANTS} for kind in kinds}
+    pairs = [(kind, v) for kind in kinds for v in VARIANTS]
+    for r in range(args.repeats):
+        shift = r % len(pairs)
+        start = time.perf_counter()
+        for kind, variant in pairs[shift:] + pairs[:shift]:
+            if variant != "probe jac" or r < args.jac_repeats:
+                samples[kind][variant].append(timed_ms(calls[kind][variant]))
+        print(f"round {r + 1}/{args.repeats}: {time.perf_counter() - start:.1f} s", flush=True)
+
+    def row(cells, widths):
+        return "".join(f"{c:>{w}}" for c, w in zip(cells, widths))
+
+    widths = (20, 16, 10, 12, 14)
+    print("\nfirst call, ms (train_on_batch and probe trace their graphs here)")
+    print(row(("cell",) + VARIANTS, widths))
+    for kind in kinds:
+        name = rx.CELL_KINDS[kind].__name__
+        print(row((name,) + tuple(f"{first[kind][v]:.0f}" for v in VARIANTS), widths))
+
+    med = {kind: {v: float(np.median(samples[kind][v])) for v in VARIANTS} for kind in kinds}
+    print(f"\nsteady state, ms: median of {args.repeats} calls ({args.jac_repeats} for probe "
+          f"jac) [min-max]")
+    print(row(("cell",) + VARIANTS, widths))
+    for kind in kinds:
+        cells = [f"{med[kind][v]:.1f}" for v in VARIANTS]
+        print(row((rx.CELL_KINDS[kind].__name__, *cells), widths))
+        spread = [f"[{min(samples[kind][v]):.0f}-{max(samples[kind][v]):.0f}]"
+                  for v in VARIANTS]
+        print(row(("", *spread), widths))
+
+    ratio_widths = (20, 16, 16, 16, 16)
+    print("\nsteady-state ratios (same run): probe ms / baseline ms")
+    print(row(("cell", "jac/train", "no-jac/train", "jac/fwd+bwd", "no-jac/fwd+bwd"),
+              ratio_widths))
+    for kind in kinds:
+        m = med[kind]
+        print(row((rx.CELL_KINDS[kind].__name__,
+                   f"{m['probe jac'] / m['train_on_batch']:.2f}",
+                   f"{m['probe no-jac'] / m['train_on_batch']:.2f}",
+                   f"{m['probe jac'] / m['fwd+bwd']:.2f}",
+                   f"{m['probe no-jac'] / m['fwd+bwd']:.2f}"), ratio_widths))
+
+    traces = {kind: {j: diagnostics.get_probe(models[kind], jacobian=j).trace_count
+                     for j in (True, False)} for kind in kinds}
+    retraced = {k: t for k, t in traces.items() if any(n != 1 for n in t.values())}
+    print("\nprobe traces per cell and jacobian setting: "
+          + ("1 each (steady-state calls ran the graph only)" if not retraced
+             else f"RETRACED {retraced}"))
+    return med
+
+
+if __name__ == "__main__":
+    main()

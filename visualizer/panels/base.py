@@ -1,0 +1,383 @@
+"""What every panel shares: a heading naming what is shown, a hover read-out, PNG/CSV export.
+
+A panel draws from the `RunCollection` it is given and from nothing else. `refresh()` redraws
+only when something it shows changed (`view_key()`), so the window's timer may call it at 30 Hz
+for free. Subclasses implement `redraw()` (model → view) and `table()` (the data on screen, as
+rows for CSV).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pyqtgraph as pg
+from PyQt6 import QtCore, QtGui, QtWidgets
+
+from visualizer.model import RunCollection
+
+__all__ = [
+    "BLOCK_COLORS",
+    "RUN_COLORS",
+    "HeatmapCell",
+    "Panel",
+    "block_pen",
+    "format_value",
+    "TimeAxis",
+    "plain_axes",
+    "run_pen",
+    "set_time_ticks",
+    "time_plot",
+]
+
+# Colour-blind-safe (Okabe-Ito) colours: one per run, and one per gate block.
+RUN_COLORS = ("#56B4E9", "#E69F00", "#009E73", "#F0E442", "#CC79A7", "#D55E00", "#0072B2")
+BLOCK_COLORS = {
+    "i": "#56B4E9",
+    "f": "#009E73",
+    "z": "#E69F00",
+    "c": "#E69F00",
+    "o": "#CC79A7",
+    "W": "#DDDDDD",
+    "h": "#DDDDDD",
+}
+_EXTRA_COLORS = ("#F0E442", "#D55E00", "#0072B2", "#999999")
+_RUN_STYLES = (
+    QtCore.Qt.PenStyle.SolidLine,
+    QtCore.Qt.PenStyle.DashLine,
+    QtCore.Qt.PenStyle.DotLine,
+    QtCore.Qt.PenStyle.DashDotLine,
+)
+
+DIVERGING = "CET-D1"  # blue - white - red, for quantities symmetric around 0
+SEQUENTIAL = "viridis"  # for gates in [0, 1]
+MAGNITUDE = "inferno"  # for log-magnitudes
+
+
+def run_pen(
+    index: int, *, width: float = 2.0, style: QtCore.Qt.PenStyle | None = None
+) -> QtGui.QPen:
+    pen = pg.mkPen(RUN_COLORS[index % len(RUN_COLORS)], width=width)
+    if style is not None:
+        pen.setStyle(style)
+    return pen
+
+
+def block_pen(name: str, block_index: int, run_index: int) -> QtGui.QPen:
+    """Colour by gate block, line style by run (solid for the first run)."""
+    color = BLOCK_COLORS.get(name, _EXTRA_COLORS[block_index % len(_EXTRA_COLORS)])
+    pen = pg.mkPen(color, width=2)
+    pen.setStyle(_RUN_STYLES[run_index % len(_RUN_STYLES)])
+    return pen
+
+
+def format_value(value: float) -> str:
+    if value is None or not math.isfinite(value):
+        return str(value)
+    if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e4):
+        return f"{value:.3e}"
+    return f"{value:.4g}"
+
+
+class TimeAxis(pg.AxisItem):
+    """A time axis labelled with the probe's tokens when the run has them, thinned to fit.
+
+    Pixel t of a heatmap spans [t, t + 1], so a token labels t + 0.5. Without tokens it is a
+    plain numeric axis.
+    """
+
+    def __init__(self, orientation: str = "bottom", **kwargs: Any) -> None:
+        super().__init__(orientation, **kwargs)
+        self.tokens: list[str] | None = None
+        self.offset = 0.5
+
+    def set_tokens(self, tokens: Sequence[str] | None, offset: float = 0.5) -> None:
+        tokens = [str(t) for t in tokens] if tokens else None
+        if tokens != self.tokens or offset != self.offset:
+            self.tokens, self.offset = tokens, offset
+            self.picture = None
+            self.update()
+
+    def tickValues(self, minVal, maxVal, size):  # noqa: N802, N803 - pyqtgraph's names
+        tokens = self.tokens
+        if not tokens:
+            return super().tickValues(minVal, maxVal, size)
+        low = max(0, math.ceil(minVal - self.offset))
+        high = min(len(tokens) - 1, math.floor(maxVal - self.offset))
+        if high < low or size <= 0:
+            return []
+        metrics = QtGui.QFontMetrics(self.font())
+        widest = max(metrics.horizontalAdvance(t) for t in tokens[low : high + 1]) + 10
+        per_token = size / max(maxVal - minVal, 1e-9)
+        every = 1
+        for every in (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000):
+            if every * per_token >= widest:
+                break
+        first = low + (-low) % every
+        return [(float(every), [t + self.offset for t in range(first, high + 1, every)])]
+
+    def tickStrings(self, values, scale, spacing):  # noqa: N802 - pyqtgraph's name
+        tokens = self.tokens
+        if not tokens:
+            return super().tickStrings(values, scale, spacing)
+        labels = []
+        for value in values:
+            index = int(math.floor(value - self.offset + 1e-6))
+            labels.append(tokens[index] if 0 <= index < len(tokens) else "")
+        return labels
+
+
+def set_time_ticks(axis: pg.AxisItem, tokens: Sequence[str] | None, length: int,
+                   offset: float = 0.5) -> None:
+    """Labels a `TimeAxis` with `tokens` when there is one per time step (else numbers)."""
+    if isinstance(axis, TimeAxis):
+        axis.set_tokens(tokens if tokens and len(tokens) == length else None, offset)
+
+
+def time_plot(layout: pg.GraphicsLayout | pg.GraphicsLayoutWidget, row: int, col: int,
+              **kwargs: Any) -> pg.PlotItem:
+    """A plot whose bottom axis is a `TimeAxis`."""
+    plot = layout.addPlot(row=row, col=col, axisItems={"bottom": TimeAxis("bottom")}, **kwargs)
+    plain_axes(plot)
+    return plot
+
+
+def plain_axes(plot: pg.PlotItem) -> None:
+    """No SI-prefix rescaling ("loss (x0.001)") on the value axes."""
+    for name in ("left", "bottom"):
+        plot.getAxis(name).enableAutoSIPrefix(False)
+
+
+class Panel(QtWidgets.QWidget):
+    """Base of the six panels: heading, options row, body, hover read-out, export."""
+
+    name = ""
+    title = ""
+
+    exported = QtCore.pyqtSignal(str)
+
+    def __init__(self, collection: RunCollection, parent: QtWidgets.QWidget | None = None):
+        super().__init__(parent)
+        self.collection = collection
+        self._drawn_key: Any = object()
+        self._hover_targets: list[tuple[pg.PlotItem, Callable[[float, float], str | None]]] = []
+        self.setObjectName(self.name)
+        self.setFocusPolicy(QtCore.Qt.FocusPolicy.ClickFocus)
+
+        self.heading = QtWidgets.QLabel(self.title)
+        font = self.heading.font()
+        font.setBold(True)
+        self.heading.setFont(font)
+        self.heading.setTextInteractionFlags(QtCore.Qt.TextInteractionFlag.TextSelectableByMouse)
+        # A long heading is cut, never a reason for the panel to be wider.
+        self.heading.setSizePolicy(QtWidgets.QSizePolicy.Policy.Ignored,
+                                   QtWidgets.QSizePolicy.Policy.Preferred)
+        self.options = QtWidgets.QHBoxLayout()
+        self.options.setContentsMargins(0, 0, 0, 0)
+        self.export_button = QtWidgets.QToolButton()
+        self.export_button.setText("Export")
+        self.export_button.setPopupMode(QtWidgets.QToolButton.ToolButtonPopupMode.InstantPopup)
+        menu = QtWidgets.QMenu(self.export_button)
+        menu.addAction("Save image (PNG)…", lambda: self.export_dialog("png"))
+        menu.addAction("Save data (CSV)…", lambda: self.export_dialog("csv"))
+        self.export_button.setMenu(menu)
+
+        header = QtWidgets.QHBoxLayout()
+        header.addWidget(self.heading, 1)
+        header.addLayout(self.options)
+        header.addWidget(self.export_button)
+
+        self.readout = QtWidgets.QLabel(" ")
+        self.readout.setTextInteractionFlags(QtCore.Qt.TextInteractionFlag.TextSelectableByMouse)
+        mono = QtGui.QFontDatabase.systemFont(QtGui.QFontDatabase.SystemFont.FixedFont)
+        self.readout.setFont(mono)
+        self.readout.setSizePolicy(QtWidgets.QSizePolicy.Policy.Ignored,
+                                   QtWidgets.QSizePolicy.Policy.Preferred)
+
+        self.body_widget = QtWidgets.QWidget()
+        self.body = QtWidgets.QVBoxLayout(self.body_widget)
+        self.body.setContentsMargins(0, 0, 0, 0)
+        self.notice = QtWidgets.QLabel()
+        self.notice.setAlignment(QtCore.Qt.AlignmentFlag.AlignCenter)
+        self.notice.setWordWrap(True)
+        self.notice.setSizePolicy(QtWidgets.QSizePolicy.Policy.Ignored,
+                                  QtWidgets.QSizePolicy.Policy.Expanding)
+        self.notice.hide()
+        layout = QtWidgets.QVBoxLayout(self)
+        layout.setContentsMargins(4, 4, 4, 4)
+        layout.setSpacing(2)
+        layout.addLayout(header)
+        layout.addWidget(self.notice, 1)
+        layout.addWidget(self.body_widget, 1)
+        layout.addWidget(self.readout)
+
+    # ---- drawing --------------------------------------------------------------------------------
+
+    def view_key(self) -> Any:
+        """Changes whenever what this panel shows may change."""
+        c = self.collection
+        return (c.data_version(), c.current_step(), c.current_layer(), c.sample,
+                self.options_key())
+
+    def options_key(self) -> Any:
+        return ()
+
+    def refresh(self, force: bool = False) -> bool:
+        """Redraws if anything shown changed (or `force`); returns whether it redrew."""
+        key = self.view_key()
+        if not force and key == self._drawn_key:
+            return False
+        self._drawn_key = key
+        self.show_notice(self.notice_text())
+        self.redraw()
+        return True
+
+    def notice_text(self) -> str | None:
+        """What to say instead of empty plots when no shown run has data (yet)."""
+        runs = self.collection.shown_runs()
+        if not runs:
+            message = self.collection.message()
+            return message[1] if message else "No run open (File › Open)."
+        if all(run.status in ("error", "waiting") for run in runs):
+            message = runs[0].message()
+            return message[1] if message else None
+        return None
+
+    def show_notice(self, text: str | None) -> None:
+        self.notice.setText(text or "")
+        self.notice.setVisible(bool(text))
+        self.body_widget.setVisible(not text)
+
+    def set_collection(self, collection: RunCollection) -> None:
+        self.collection = collection
+        self._drawn_key = object()
+
+    def redraw(self) -> None:
+        raise NotImplementedError
+
+    def table(self) -> tuple[list[str], list[Sequence[Any]]]:
+        """The data on screen: a header and rows, for CSV export."""
+        raise NotImplementedError
+
+    def set_heading(self, text: str) -> None:
+        self.heading.setText(text)
+
+    # ---- hover read-outs ------------------------------------------------------------------------
+
+    def watch_hover(
+        self, widget: pg.GraphicsLayoutWidget, plot: pg.PlotItem,
+        describe: Callable[[float, float], str | None],
+    ) -> None:
+        """Shows `describe(x, y)` (view coordinates) while the mouse is over `plot`."""
+        if not any(w is widget for w in getattr(self, "_hover_widgets", [])):
+            self._hover_widgets = getattr(self, "_hover_widgets", []) + [widget]
+            widget.scene().sigMouseMoved.connect(self.hover_at)
+        self._hover_targets.append((plot, describe))
+
+    def forget_hover(self) -> None:
+        self._hover_targets = []
+
+    def hover_at(self, scene_pos: QtCore.QPointF) -> str | None:
+        """Updates the read-out for the mouse at `scene_pos`; returns the text shown."""
+        for plot, describe in self._hover_targets:
+            if plot.scene() is None or not plot.vb.sceneBoundingRect().contains(scene_pos):
+                continue
+            point = plot.vb.mapSceneToView(scene_pos)
+            text = describe(point.x(), point.y())
+            if text:
+                self.readout.setText(text)
+                return text
+        return None
+
+    # ---- export ---------------------------------------------------------------------------------
+
+    def export_png(self, path: str | os.PathLike) -> Path:
+        """Saves the panel as it is on screen (heading, plots, colour bars) to a PNG file."""
+        path = Path(path)
+        self.refresh()
+        if not self.grab().save(str(path), "PNG"):
+            raise OSError(f"{path}: could not write the PNG file")
+        self.exported.emit(str(path))
+        return path
+
+    def export_csv(self, path: str | os.PathLike) -> Path:
+        """Saves the data on screen, one row per value, to a CSV file."""
+        path = Path(path)
+        self.refresh()
+        header, rows = self.table()
+        with open(path, "w", newline="", encoding="utf-8") as file:
+            writer = csv.writer(file)
+            writer.writerow(header)
+            writer.writerows(rows)
+        self.exported.emit(str(path))
+        return path
+
+    def export_dialog(self, what: str) -> Path | None:
+        suffix = {"png": "PNG image (*.png)", "csv": "CSV table (*.csv)"}[what]
+        path, _ = QtWidgets.QFileDialog.getSaveFileName(
+            self, f"Export {self.title}", f"{self.name}.{what}", suffix
+        )
+        if not path:
+            return None
+        try:
+            return self.export_png(path) if what == "png" else self.export_csv(path)
+        except OSError as error:
+            QtWidgets.QMessageBox.warning(self, "Export failed", str(error))
+            return None
+
+
+class HeatmapCell:
+    """One plot of a heatmap grid: an `ImageItem` with fixed levels and its colour bar."""
+
+    def __init__(self, plot: pg.PlotItem, colormap: str, label: str) -> None:
+        self.plot = plot
+        self.image = pg.ImageItem(axisOrder="row-major")
+        self.image.setAutoDownsample(False)
+        plot.addItem(self.image)
+        self.colormap = colormap
+        self.bar = pg.ColorBarItem(
+            values=(0, 1), colorMap=colormap, interactive=False, label=label, width=14
+        )
+        self.bar.setImageItem(self.image, insert_in=plot)
+        self.levels = (0.0, 1.0)
+        self.shape: tuple[int, ...] | None = None
+        self.rect: QtCore.QRectF | None = None
+        self.data: np.ndarray | None = None
+
+    def show(self, image: np.ndarray | None, levels: tuple[float, float], colormap: str,
+             label: str) -> bool:
+        """Draws `image` (float32, C-contiguous) with `levels`; True if its shape changed."""
+        if colormap != self.colormap:
+            self.colormap = colormap
+            self.bar.setColorMap(colormap)
+        if label != self.bar.getAxis("left").labelText:
+            self.bar.getAxis("left").setLabel(label)
+        levels = (float(levels[0]), float(levels[1]))
+        if levels != self.levels:
+            self.levels = levels
+            self.bar.setLevels(levels)
+        self.data = image
+        if image is None:
+            self.image.clear()
+            changed = self.shape is not None
+            self.shape = None
+            return changed
+        self.image.setImage(image, levels=levels, autoLevels=False)
+        changed = image.shape != self.shape
+        self.shape = image.shape
+        return changed
+
+    def value_at(self, x: float, y: float) -> tuple[int, int, float] | None:
+        """`(column, row, value)` of the pixel under view point (x, y), in image coordinates."""
+        if self.data is None:
+            return None
+        local = self.image.mapFromView(QtCore.QPointF(x, y))
+        col, row = math.floor(local.x()), math.floor(local.y())
+        rows, cols = self.data.shape
+        if not (0 <= row < rows and 0 <= col < cols):
+            return None
+        return col, row, float(self.data[row, col])
