@@ -59,7 +59,7 @@ def train_cell(kind: str, args, data):
     keras.utils.set_random_seed(args.seed)
     model = keras.Sequential([
         keras.Input((args.lag, 2)),
-        rx.RNN(common.cell(kind, args.units)),
+        rx.RNN(common.cell(kind, args.units), name="rnn"),
         keras.layers.Dense(1),
     ], name=kind)
     model.compile(optimizer=keras.optimizers.Adam(args.lr, clipnorm=1.0), loss="mse",

@@ -91,7 +91,7 @@ def plot(results, args):
     ax.set_xlabel("string length (bits)")
     ax.set_ylabel(f"test accuracy ({args.per_length} strings per length)")
     ax.set_title("Parity: is the number of 1s even? Trained on lengths 1–20")
-    ax.legend(fontsize=8, loc="lower left")
+    ax.legend(fontsize=8, loc="upper right", bbox_to_anchor=(1.0, 0.93))
     common.save_figure(fig, args.out)
     plt.close(fig)
 

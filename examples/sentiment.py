@@ -237,6 +237,7 @@ def plot(args, curves, by_kind, tokens, grads):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.6), width_ratios=(1, 1, 1.3))
     ax = axes[0]
@@ -248,6 +249,7 @@ def plot(args, curves, by_kind, tokens, grads):
                     label=f"{name}, test")
     ax.axhline(0.5, color="grey", lw=0.8, ls=":")
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_ylabel("accuracy")
     ax.set_ylim(0.4, 1.02)
     ax.set_title("Training curves")
