@@ -11,7 +11,7 @@ Then `--pairs` rounds of timed fits run arm after arm (without, auto, every=50, 
 each monitored fit with a fresh `RNNMonitor` writing into a temporary directory, and
 overhead = median(with) / median(without) - 1.
 
-    python benchmarks/monitor_overhead.py            # 3 epochs × 100 steps, 5 rounds
+    python benchmarks/monitor_overhead.py            # 3 epochs × 100 steps, 3 rounds
     python benchmarks/monitor_overhead.py --quick    # tiny, a smoke run
 """
 

@@ -134,7 +134,7 @@ def main(argv=None):
     def row(cells, widths):
         return "".join(f"{c:>{w}}" for c, w in zip(cells, widths))
 
-    widths = (20, 16, 10, 12, 14)
+    widths = (20, 16, 12, 16, 16)
     print("\nfirst call, ms (train_on_batch and probe trace their graphs here)")
     print(row(("cell",) + VARIANTS, widths))
     for kind in kinds:

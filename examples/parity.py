@@ -123,7 +123,7 @@ def main(argv=None):
     rnn = keras.Sequential([
         keras.Input((None, 2)),
         keras.layers.Masking(0.0),
-        rx.RNN(common.cell(args.cell, args.units)),
+        rx.RNN(common.cell(args.cell, args.units), name="rnn"),
         keras.layers.Dense(1, activation="sigmoid"),
     ], name=f"{args.cell}_rnn")
     probe_x, probe_y = x_train[:8], y_train[:8]

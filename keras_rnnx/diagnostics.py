@@ -469,7 +469,14 @@ def _jacobian_norm(entry: _Entry):
         picked = tf.reduce_sum(s_new * seed)
     rows = tape.gradient(picked, s_rep)
     jac = tf.transpose(tf.reshape(rows, tf.stack([size, n, size])), [1, 0, 2])
-    norms = tf.linalg.svd(jac, compute_uv=False)[:, 0]
+    # σ_max(J) = sqrt(λ_max(J Jᵀ)): a symmetric eigenvalue problem is ~4x cheaper than an SVD
+    # and exact to float precision for the largest singular value.
+    gram = tf.matmul(jac, jac, transpose_b=True)
+    # The eigensolver fails on NaN/Inf (a diverged run): solve a zero matrix there, report NaN.
+    finite = tf.reduce_all(tf.math.is_finite(gram), axis=[1, 2])
+    gram = tf.where(finite[:, None, None], gram, tf.zeros_like(gram))
+    norms = tf.sqrt(tf.maximum(tf.linalg.eigvalsh(gram)[:, -1], 0.0))
+    norms = tf.where(finite, norms, tf.fill(tf.shape(norms), tf.constant(np.nan, dtype)))
     norms = tf.reshape(norms, tf.stack([steps, batch]))
     if ms is not None:
         norms = tf.where(ms, norms, tf.ones_like(norms))

@@ -12,7 +12,6 @@ process loses at most that; the log's format keeps the rest readable.
 from __future__ import annotations
 
 import atexit
-import math
 import queue
 import threading
 import time
@@ -163,9 +162,10 @@ class RNNMonitor(keras.callbacks.Callback):
         probe_x: a small batch of input sequences (B, T, D), e.g. 8 samples.
         probe_y: its targets, for the gradient fields; None records states, gates and
             Jacobians only.
-        every: probe every this many training steps, or "auto" (default): chosen from the
-            measured cost of a probe and of a training step so the probe takes at most
-            `overhead_budget` of training time.
+        every: probe every this many training steps, or "auto" (default): probe whenever
+            the time spent probing stays within `overhead_budget` of the time spent training
+            in this `fit` (measured as it goes; the one-time tracing of the probe is not
+            counted), so frequent on small models and rare on big ones.
         layers: probe only these layer keys (see `probe`); default all.
         jacobian: record the per-step Jacobian norms (the most expensive field).
         tokens: labels for the time axis: a list of T strings, or one such list per probe
@@ -238,11 +238,12 @@ class RNNMonitor(keras.callbacks.Callback):
         self._writer: _Writer | None = None
         self._probe = None
         self._active = False
-        self._interval = every if isinstance(every, int) else None
+        self._step = 0
+        self._epoch_base = 0
         self._next_probe = 0
-        self._step_clock: tuple[int, float] | None = None
-        self._batches_seen = 0
-        self._step_seconds: float | None = None
+        self._probe_steps: list[int] = []
+        self._clock = 0.0
+        self._spent = 0.0
         self._probe_cost: float | None = None
         self._reported_drops = 0
         self._dropped = 0
@@ -257,9 +258,16 @@ class RNNMonitor(keras.callbacks.Callback):
         return self._dropped if self._writer is None else self._writer.dropped
 
     @property
-    def interval(self) -> int | None:
-        """The probing interval in steps (measured when `every="auto"`)."""
-        return self._interval
+    def interval(self) -> float | None:
+        """The mean number of training steps between probes so far (None before two)."""
+        steps = self._probe_steps
+        return None if len(steps) < 2 else (steps[-1] - steps[0]) / (len(steps) - 1)
+
+    @property
+    def budget_used(self) -> float | None:
+        """Seconds of (untraced) probing per second of training in this `fit`, so far."""
+        elapsed = time.perf_counter() - self._clock - self._spent
+        return None if elapsed <= 0 else self._spent / elapsed
 
     def close(self, status: str = "ok") -> None:
         """Flushes and closes the run log; later calls do nothing."""
@@ -282,8 +290,8 @@ class RNNMonitor(keras.callbacks.Callback):
     # --- keras.callbacks.Callback ----------------------------------------------------------
 
     def on_train_begin(self, logs=None):
-        self._batches_seen = 0
-        self._step_clock = None
+        self._step = self._epoch_base = self._global_step()
+        self._clock, self._spent = time.perf_counter(), 0.0
         if self._writer is not None:
             self._active = True  # a second `fit` on the same monitor appends to the same run
             return
@@ -309,36 +317,28 @@ class RNNMonitor(keras.callbacks.Callback):
         self._finalizer = weakref.finalize(self, writer.close, "closed at exit")
         atexit.register(self._finalizer)
 
-        step = self._global_step()
-        trace, self._probe_cost = self._probe_now()
+        trace = self._probe_now()
         writer.put("write_meta", self._meta(trace if trace is not None else {}))
-        self._record(step, trace)
-        if self._interval is None:
-            # The first call traced the probe; time one that does not.
-            _, self._probe_cost = self._probe_now()
-        self._next_probe = step + (self._interval or 10)
+        self._record(self._step, trace)
+        self._next_probe = self._step + (self.every if isinstance(self.every, int) else 1)
+        self._clock, self._spent = time.perf_counter(), 0.0
         if self.open_viewer:
             self._launch_viewer()
 
-    def on_train_batch_begin(self, batch, logs=None):
-        # The first steps of a `fit` include tracing and compiling the train function.
-        self._batches_seen += 1
-        if self._active and self._step_clock is None and self._batches_seen > 3:
-            self._step_clock = (batch, time.perf_counter())
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_base = self._step
 
     def on_train_batch_end(self, batch, logs=None):
         if not self._active:
             return
-        step = self._global_step()
-        self._writer.put("write_scalars", step, _floats(logs), phase="batch")
-        self._measure_step_time(batch)
-        if step >= self._next_probe:
-            trace, cost = self._probe_now()
-            self._record(step, trace)
-            self._probe_cost = cost if self._probe_cost is None else (
-                0.7 * self._probe_cost + 0.3 * cost)
-            self._step_clock = None  # do not count the probe as training time
-            self._next_probe = step + self._current_interval()
+        # `batch` counts from 0 in each epoch (the last step of an execution with
+        # steps_per_execution > 1); counting here avoids reading the optimizer every step.
+        self._step = self._epoch_base + int(batch) + 1
+        self._writer.put("write_scalars", self._step, _floats(logs), phase="batch")
+        if self._step >= self._next_probe and self._budget_allows():
+            self._record(self._step, self._probe_now())
+            if isinstance(self.every, int):
+                self._next_probe = self._step + self.every
 
     def on_epoch_end(self, epoch, logs=None):
         if self._active:
@@ -348,9 +348,9 @@ class RNNMonitor(keras.callbacks.Callback):
         if self._active:
             self._writer.put("write_event", "train_end", {
                 "probes": self.probe_count, "probe_seconds": round(self.probe_seconds, 4),
-                "interval": self._interval, "dropped_frames": self.dropped_frames,
+                "interval": self.interval, "dropped_frames": self.dropped_frames,
                 "nonfinite_arrays": self.nonfinite_count,
-            }, step=self._global_step())
+            }, step=self._step)
             self.close("ok")
 
     # --- internals ---------------------------------------------------------------------------
@@ -360,28 +360,21 @@ class RNNMonitor(keras.callbacks.Callback):
         iterations = getattr(optimizer, "iterations", None)
         return 0 if iterations is None else int(keras.ops.convert_to_numpy(iterations))
 
-    def _measure_step_time(self, batch) -> None:
-        if self._step_clock is None:
-            return
-        first_batch, started = self._step_clock
-        done = batch - first_batch + 1
-        if done >= 5:
-            seconds = (time.perf_counter() - started) / done
-            self._step_seconds = seconds if self._step_seconds is None else (
-                0.7 * self._step_seconds + 0.3 * seconds)
-            self._step_clock = None
+    def _budget_allows(self) -> bool:
+        """`every="auto"`: probe while probing stays within `overhead_budget` of training.
 
-    def _current_interval(self) -> int:
+        Training time is the wall time of this `fit` since the first probe, less the probing;
+        the expected cost of the next probe is the running mean of the last ones. Calls that
+        traced the probe's graph (once per model and input shape) are not counted.
+        """
         if isinstance(self.every, int):
-            return self.every
-        if self._step_seconds is None or self._probe_cost is None:
-            return self._interval or 10
-        wanted = self._probe_cost / (self.overhead_budget * max(self._step_seconds, 1e-6))
-        self._interval = max(1, math.ceil(wanted))
-        return self._interval
+            return True
+        training = time.perf_counter() - self._clock - self._spent
+        return self._spent + (self._probe_cost or 0.0) <= self.overhead_budget * training
 
     def _probe_now(self):
         start = time.perf_counter()
+        traces_before = self._probe.trace_count
         try:
             trace = self._probe(self.probe_x, self.probe_y)
         except Exception as error:  # noqa: BLE001 - a failed probe must not stop training
@@ -392,11 +385,16 @@ class RNNMonitor(keras.callbacks.Callback):
             self._probe_failed = True
             self._writer.put("write_event", "probe_error",
                              {"error": f"{type(error).__name__}: {error}"},
-                             step=self._global_step())
+                             step=self._step)
         seconds = time.perf_counter() - start
         self.probe_count += 1
         self.probe_seconds += seconds
-        return trace, seconds
+        self._probe_steps.append(self._step)
+        if self._probe.trace_count == traces_before:
+            self._spent += seconds
+            self._probe_cost = seconds if self._probe_cost is None else (
+                0.7 * self._probe_cost + 0.3 * seconds)
+        return trace
 
     def _record(self, step: int, trace) -> None:
         writer = self._writer
