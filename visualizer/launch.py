@@ -11,7 +11,6 @@ import importlib.util
 import os
 import subprocess
 import sys
-import warnings
 from typing import Mapping, Sequence
 
 __all__ = ["display_problem", "open_viewer", "viewer_command"]
@@ -43,7 +42,7 @@ def open_viewer(
 ) -> subprocess.Popen | None:
     """Starts `python -m visualizer RUN_DIR` detached; returns the process, or None.
 
-    Returns None, after one `RuntimeWarning` saying why, when there is no display, when PyQt6
+    Returns None, after one line on stderr saying why, when there is no display, when PyQt6
     or pyqtgraph is not installed, or when the process cannot be started. Never raises for
     those: a viewer is a convenience, training goes on without it.
     """
@@ -53,7 +52,7 @@ def open_viewer(
         if missing:
             problem = f"{' and '.join(missing)} not installed (pip install keras-rnnx[viz])"
     if problem is not None:
-        warnings.warn(f"rnnx-viz: viewer not started: {problem}.", RuntimeWarning, stacklevel=2)
+        _say_why(problem)
         return None
     options: dict = {
         "stdin": subprocess.DEVNULL,
@@ -70,5 +69,10 @@ def open_viewer(
     try:
         return subprocess.Popen(viewer_command(run_dir, extra_args), **options)
     except OSError as error:
-        warnings.warn(f"rnnx-viz: viewer not started: {error}.", RuntimeWarning, stacklevel=2)
+        _say_why(str(error))
         return None
+
+
+def _say_why(problem: str) -> None:
+    # One line on stderr, not a warning: a warning also prints the calling source line.
+    print(f"rnnx-viz: viewer not started: {problem}.", file=sys.stderr, flush=True)
