@@ -124,17 +124,20 @@ class _Writer:
             pass
 
 
-def _is_chief() -> bool:
+def _is_chief(strategy=None) -> bool:
     """True unless this process is a non-chief worker of a `tf.distribute` cluster.
 
     The chief is the task of type "chief", or worker 0 when the cluster has no chief (the
     rule of `MultiWorkerMirroredStrategy`). Single-process strategies have one chief.
+    `strategy` defaults to the strategy in scope.
     """
     import tensorflow as tf
 
-    if not tf.distribute.has_strategy():
-        return True
-    resolver = getattr(tf.distribute.get_strategy(), "cluster_resolver", None)
+    if strategy is None:
+        if not tf.distribute.has_strategy():
+            return True
+        strategy = tf.distribute.get_strategy()
+    resolver = getattr(strategy, "cluster_resolver", None)
     if resolver is None or not resolver.cluster_spec().as_dict():
         return True
     task_type, task_id = resolver.task_type, resolver.task_id
@@ -295,7 +298,8 @@ class RNNMonitor(keras.callbacks.Callback):
         if self._writer is not None:
             self._active = True  # a second `fit` on the same monitor appends to the same run
             return
-        if self.chief_only and not _is_chief():
+        # Keras 3 calls callbacks outside the strategy's scope: ask the model for it.
+        if self.chief_only and not _is_chief(getattr(self.model, "distribute_strategy", None)):
             return
         from keras_rnnx import diagnostics
 

@@ -20,7 +20,9 @@ Every output must equal Keras's within 1e-5 (max abs).
 
 from __future__ import annotations
 
+import tempfile
 import warnings
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -34,8 +36,6 @@ HEAD = 2  # outputs per cell in the concatenated output
 TOL = 1e-5
 KINDS = tuple(rx.CELL_KINDS)
 FLEX_ERROR = "Select TensorFlow op"  # the interpreters' message for a model with Flex ops
-
-
 FORMS = ("unrolled", "while")  # unroll=True / False
 
 
@@ -140,9 +140,6 @@ def tflite_file(path: str, *, forms, batch: int | None):
     key = (path, forms, batch)
     if key not in _FILES:
         if path == "export":
-            import tempfile
-            from pathlib import Path
-
             model = build_model(forms=forms)
             signature = [tf.TensorSpec((batch, T, D), tf.float32, name="x")]
             with tempfile.TemporaryDirectory() as tmp:

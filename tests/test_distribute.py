@@ -1,9 +1,11 @@
 """tf.distribute: MirroredStrategy on two logical CPUs, MultiWorkerMirroredStrategy on loopback,
-and RNNMonitor's rule that only the chief records.
+and RNNMonitor's rule that only the chief records; Keras's DataParallel on JAX where installed.
 
 The strategies run in subprocesses: logical devices must be configured before TensorFlow
 initialises its devices, and a multi-worker cluster needs one process per worker. All of them
 are started together, and the single-device reference is trained here while they run.
+
+(This module imports TensorFlow only where it needs it, so that the JAX run does not.)
 
 One model holds all four cells side by side (one RNN layer and one Dense output each, one loss
 per output), so that one `fit` gives each cell's loss curve: an output's loss depends on its
@@ -12,6 +14,7 @@ own branch only, and SGD updates each branch from its own loss.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import socket
@@ -24,7 +27,6 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import keras_rnnx as rx
 from keras_rnnx import monitor as monitor_module
@@ -33,11 +35,9 @@ from keras_rnnx.monitor import RNNMonitor
 T, D, U = 5, 3, 4
 N, BATCH, EPOCHS = 8, 4, 2  # 2 steps per epoch; 2 samples per replica and step
 KINDS = tuple(rx.CELL_KINDS)
+MULTI_WORKER_KINDS = ("forget",)  # one cell is enough to see who records
 TESTS_DIR = Path(__file__).resolve().parent
 DEADLINE_S = 240  # for all subprocesses together
-
-
-MULTI_WORKER_KINDS = ("forget",)  # one cell is enough to see who records
 
 
 def make_data():
@@ -97,6 +97,7 @@ def work_around_keras_multi_worker_fit(model, strategy) -> None:
     dimensions"). This builds the compiled state before `fit`, and reduces the scalar logs
     with `axis=None`. Nothing here touches keras_rnnx.
     """
+    import tensorflow as tf
     from keras.src.backend.tensorflow import trainer
 
     x, y = probe_batch(model.output_names)
@@ -193,6 +194,28 @@ print(json.dumps({
 }))
 """
 
+JAX_DATA_PARALLEL = f"""
+import json, sys
+import jax
+import keras
+sys.path.insert(0, {str(TESTS_DIR)!r})
+import test_distribute as common
+distribution = keras.distribution.DataParallel(devices=jax.devices())
+keras.distribution.set_distribution(distribution)
+model = common.build_model()
+losses = common.fit(model)
+print(json.dumps({{
+    "backend": keras.backend.backend(),
+    "mesh": dict(zip(distribution.device_mesh.axis_names, distribution.device_mesh.shape)),
+    "data_layout": list(distribution.get_data_layout((common.BATCH, common.T, common.D)).axes),
+    "losses": losses,
+    "weights": common.branch_weights(model),
+}}))
+"""
+JAX_ENV = {"KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu",
+           "XLA_FLAGS": (os.environ.get("XLA_FLAGS", "")
+                         + " --xla_force_host_platform_device_count=2").strip()}
+
 
 def free_ports(count: int) -> list[int]:
     sockets = [socket.socket() for _ in range(count)]
@@ -205,48 +228,67 @@ def free_ports(count: int) -> list[int]:
             s.close()
 
 
-def start(script: str, run_dir: Path, env_extra=None) -> subprocess.Popen:
+def start(name: str, script: str, root: Path, run_dir: Path, env=None) -> subprocess.Popen:
+    """Runs `script` with `run_dir` as argument and working directory; output to root/logs."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env_extra or {})}
-    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(script), str(run_dir)],
-                            cwd=run_dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env)
+    (root / "logs").mkdir(exist_ok=True)
+    with open(root / "logs" / f"{name}.out", "w") as out, \
+            open(root / "logs" / f"{name}.err", "w") as err:
+        return subprocess.Popen(
+            [sys.executable, "-c", textwrap.dedent(script), str(run_dir)], cwd=run_dir,
+            stdout=out, stderr=err, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})})
 
 
-def finish(process: subprocess.Popen, deadline: float) -> dict:
-    try:
-        out, err = process.communicate(timeout=max(1.0, deadline - time.monotonic()))
-    except subprocess.TimeoutExpired:
-        process.kill()
-        out, err = process.communicate()
-        return {"error": f"timed out after {DEADLINE_S} s", "stderr": err[-3000:]}
-    if process.returncode != 0:
-        return {"error": f"exit code {process.returncode}", "stderr": err[-3000:]}
-    return json.loads(out.strip().splitlines()[-1])
+def wait_for(processes: dict[str, subprocess.Popen], root: Path, deadline: float) -> dict:
+    """Each process's JSON report, or {"error": ...}. A failed worker stops its peers, which
+    would otherwise wait for it until the deadline."""
+    workers = {name: p for name, p in processes.items() if name.startswith("worker")}
+    while time.monotonic() < deadline and any(p.poll() is None for p in processes.values()):
+        if any(p.poll() not in (None, 0) for p in workers.values()):
+            for p in workers.values():
+                if p.poll() is None:
+                    p.kill()
+        time.sleep(0.2)
+    reports = {}
+    for name, process in processes.items():
+        err = (root / "logs" / f"{name}.err").read_text()[-3000:]
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+            reports[name] = {"error": f"still running after {DEADLINE_S} s", "stderr": err}
+        elif process.returncode != 0:
+            reports[name] = {"error": f"exit code {process.returncode}", "stderr": err}
+        else:
+            out = (root / "logs" / f"{name}.out").read_text()
+            reports[name] = json.loads(out.strip().splitlines()[-1])
+    return reports
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Starts the MirroredStrategy run and the two loopback workers, trains the single-device
-    reference meanwhile, and collects their reports."""
+    """Starts the MirroredStrategy run, the two loopback workers and (with JAX) the
+    DataParallel run, trains the single-device reference meanwhile, and collects reports."""
     root = tmp_path_factory.mktemp("distribute")
     ports = free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
-    processes = {"mirrored": start(MIRRORED, root / "mirrored")}
+    processes = {"mirrored": start("mirrored", MIRRORED, root, root / "mirrored")}
     for index in range(2):
         tf_config = {"cluster": cluster, "task": {"type": "worker", "index": index}}
-        processes[f"worker{index}"] = start(WORKER, root / "multi_worker",
+        processes[f"worker{index}"] = start(f"worker{index}", WORKER, root,
+                                            root / "multi_worker",
                                             {"TF_CONFIG": json.dumps(tf_config)})
+    if importlib.util.find_spec("jax") is not None:
+        processes["jax"] = start("jax", JAX_DATA_PARALLEL, root, root / "jax", JAX_ENV)
     deadline = time.monotonic() + DEADLINE_S
     try:
         reference = build_model()
         losses = fit(reference)
-        results = {name: finish(p, deadline) for name, p in processes.items()}
+        reports = wait_for(processes, root, deadline)
     finally:
         for process in processes.values():
             if process.poll() is None:
                 process.kill()
-    return {"losses": losses, "weights": branch_weights(reference), "root": root, **results}
+    return {"losses": losses, "weights": branch_weights(reference), "root": root, **reports}
 
 
 def assert_same_training(report, runs, what):
@@ -308,6 +350,18 @@ def test_multi_worker_mirrored_strategy_on_loopback_only_chief_records(runs):
     assert sorted(p.name for p in (runs["root"] / "multi_worker").iterdir()) == ["worker0"]
 
 
+def test_keras_data_parallel_on_jax_trains_like_one_device(runs):
+    """Keras 3's own path for the other backends: `keras.distribution.DataParallel` (JAX, two
+    host CPU devices), against the TensorFlow single-device reference."""
+    pytest.importorskip("jax", reason="JAX is not installed (pip install jax): Keras's "
+                                      "DataParallel path on the JAX backend is not tested")
+    report = runs["jax"]
+    assert "error" not in report, report
+    assert report["backend"] == "jax"
+    assert report["mesh"] == {"batch": 2} and report["data_layout"] == ["batch", None, None]
+    assert_same_training(report, runs, "keras.distribution.DataParallel on JAX, 2 CPU devices")
+
+
 # --- the chief rule, in this process -----------------------------------------------------------
 
 
@@ -315,11 +369,15 @@ class _Strategy:
     """Stands in for a multi-worker strategy: only its `cluster_resolver` is read."""
 
     def __init__(self, cluster, task_type, task_id):
+        import tensorflow as tf
+
         self.cluster_resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
             tf.train.ClusterSpec(cluster), task_type=task_type, task_id=task_id)
 
 
 def in_cluster(monkeypatch, cluster, task_type, task_id):
+    import tensorflow as tf
+
     strategy = _Strategy(cluster, task_type, task_id)
     monkeypatch.setattr(tf.distribute, "has_strategy", lambda: True)
     monkeypatch.setattr(tf.distribute, "get_strategy", lambda: strategy)

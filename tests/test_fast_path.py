@@ -1,4 +1,8 @@
-"""`rx.RNN`'s fast path equals `keras.layers.RNN`'s generic loop, option by option."""
+"""`rx.RNN`'s fast path equals `keras.layers.RNN`'s generic loop, option by option.
+
+The fast path is taken in training, so the comparisons call the layers with training=True
+(without dropout that is deterministic).
+"""
 
 from __future__ import annotations
 
@@ -60,10 +64,10 @@ def test_fast_path_equals_generic_loop(kind, option, masked):
     fast, slow = pair(kind, **OPTIONS[option])
     x, mask = inputs()
     mask = mask if masked else None
-    assert_same(fast(x, mask=mask), slow(x, mask=mask))
+    assert_same(fast(x, mask=mask, training=True), slow(x, mask=mask, training=True))
     initial = [np.full((B, U), 0.3, "float32")] * reference.N_STATES[kind]
-    assert_same(fast(x, mask=mask, initial_state=initial),
-                slow(x, mask=mask, initial_state=initial))
+    assert_same(fast(x, mask=mask, initial_state=initial, training=True),
+                slow(x, mask=mask, initial_state=initial, training=True))
 
 
 def test_fast_path_gradients_equal_generic_loop(kind):
@@ -75,7 +79,7 @@ def test_fast_path_gradients_equal_generic_loop(kind):
         xt = tf.constant(x)
         with tf.GradientTape() as tape:
             tape.watch(xt)
-            loss = tf.reduce_sum(layer(xt, mask=mask) * weights)
+            loss = tf.reduce_sum(layer(xt, mask=mask, training=True) * weights)
         return tape.gradient(loss, [xt] + [v.value for v in layer.trainable_variables])
 
     assert_same(gradients(fast), gradients(slow), atol=1e-5)
@@ -93,18 +97,19 @@ def test_fast_path_stateful(kind):
     fast, slow = pair(kind, return_sequences=True, stateful=True, batch=B)
     x, _ = inputs()
     for _ in range(2):
-        assert_same(fast(x), slow(x))
+        assert_same(fast(x, training=True), slow(x, training=True))
     fast.reset_state()
     slow.reset_state()
-    assert_same(fast(x), slow(x))
+    assert_same(fast(x, training=True), slow(x, training=True))
 
 
 @pytest.mark.parametrize("mode", ["tf_function", "xla"])
 def test_fast_path_in_graphs(kind, mode):
     fast, slow = pair(kind, return_sequences=True)
     x, mask = inputs()
-    run = tf.function(lambda layer, x: layer(x, mask=mask), jit_compile=mode == "xla")
-    assert_same(run(fast, tf.constant(x)), slow(x, mask=mask))
+    run = tf.function(lambda layer, x: layer(x, mask=mask, training=True),
+                      jit_compile=mode == "xla")
+    assert_same(run(fast, tf.constant(x)), slow(x, mask=mask, training=True))
 
 
 def test_fast_path_bidirectional_and_fit(kind):
@@ -140,7 +145,7 @@ def test_fast_path_mixed_float16(kind):
     mixed.build((None, T, D))
     mixed.set_weights(fast.get_weights())
     x, mask = inputs()
-    out = mixed(x, mask=mask)
+    out = mixed(x, mask=mask, training=True)
     assert keras.backend.standardize_dtype(out.dtype) == "float16"
     np.testing.assert_allclose(np.asarray(out, np.float32), slow(x, mask=mask), atol=2e-2)
 
@@ -162,6 +167,6 @@ def test_cudnn_path_is_declined_on_cpu():
     """On a machine without a GPU the forget-gate cell silently takes the XLA-able path."""
     fast, slow = pair("forget", return_sequences=True)
     x, _ = inputs()
-    assert_same(fast(x), slow(x))
+    assert_same(fast(x, training=True), slow(x, training=True))
     if not tf.config.list_physical_devices("GPU"):
         assert fast.supports_jit
