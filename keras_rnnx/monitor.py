@@ -325,7 +325,6 @@ class RNNMonitor(keras.callbacks.Callback):
         writer.put("write_meta", self._meta(trace if trace is not None else {}))
         self._record(self._step, trace)
         self._next_probe = self._step + (self.every if isinstance(self.every, int) else 1)
-        self._clock, self._spent = time.perf_counter(), 0.0
         if self.open_viewer:
             self._launch_viewer()
 
@@ -367,9 +366,10 @@ class RNNMonitor(keras.callbacks.Callback):
     def _budget_allows(self) -> bool:
         """`every="auto"`: probe while probing stays within `overhead_budget` of training.
 
-        Training time is the wall time of this `fit` since the first probe, less the probing;
-        the expected cost of the next probe is the running mean of the last ones. Calls that
-        traced the probe's graph (once per model and input shape) are not counted.
+        Training time is the wall time of this `fit` so far, less the probing (the first probe
+        of the `fit` included); the expected cost of the next probe is the running mean of the
+        last ones. Calls that traced the probe's graph (once per model and input shape) count
+        as neither.
         """
         if isinstance(self.every, int):
             return True
@@ -398,6 +398,8 @@ class RNNMonitor(keras.callbacks.Callback):
             self._spent += seconds
             self._probe_cost = seconds if self._probe_cost is None else (
                 0.7 * self._probe_cost + 0.3 * seconds)
+        else:
+            self._clock += seconds  # tracing is neither training nor budgeted probing
         return trace
 
     def _record(self, step: int, trace) -> None:
