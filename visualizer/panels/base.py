@@ -28,6 +28,7 @@ __all__ = [
     "block_pen",
     "format_value",
     "TimeAxis",
+    "dress",
     "plain_axes",
     "run_pen",
     "set_time_ticks",
@@ -150,6 +151,14 @@ def plain_axes(plot: pg.PlotItem) -> None:
     """No SI-prefix rescaling ("loss (x0.001)") on the value axes."""
     for name in ("left", "bottom"):
         plot.getAxis(name).enableAutoSIPrefix(False)
+
+
+def dress(plot: pg.PlotItem, *, legend: bool = True, grid_alpha: float = 0.25) -> None:
+    """The panels' common plot style: plain axes, a faint grid and a legend in the corner."""
+    plain_axes(plot)
+    plot.showGrid(x=True, y=True, alpha=grid_alpha)
+    if legend:
+        plot.addLegend(offset=(-10, 10), labelTextSize="8pt", brush=(0, 0, 0, 150))
 
 
 class Panel(QtWidgets.QWidget):

@@ -20,8 +20,8 @@ from visualizer.panels.base import (
     MAGNITUDE,
     HeatmapCell,
     Panel,
+    dress,
     format_value,
-    plain_axes,
     run_pen,
     set_time_ticks,
     time_plot,
@@ -51,11 +51,9 @@ class GradientFlowPanel(Panel):
         self.body.addWidget(self.graphics)
         self.line_plot = time_plot(self.graphics, 0, 0)
         self.line_plot.setLogMode(y=True)
-        plain_axes(self.line_plot)
-        self.line_plot.showGrid(x=True, y=True, alpha=0.25)
         self.line_plot.setLabel("left", "‖∂L/∂h_t‖")
         self.line_plot.setLabel("bottom", "time step t")
-        self.line_plot.addLegend(offset=(-10, 10), labelTextSize="8pt", brush=(0, 0, 0, 150))
+        dress(self.line_plot)
         self.watch_hover(self.graphics, self.line_plot, self._describe_line)
         self._curves: dict[int, pg.PlotDataItem] = {}
         self._maps_key: Any = None

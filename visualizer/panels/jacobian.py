@@ -17,8 +17,8 @@ from visualizer.model import RunCollection
 from visualizer.panels.base import (
     Panel,
     block_pen,
+    dress,
     format_value,
-    plain_axes,
     run_pen,
     set_time_ticks,
     time_plot,
@@ -40,8 +40,7 @@ class JacobianPanel(Panel):
         self.norm_plot = time_plot(self.graphics, 0, 0)
         self.norm_plot.setLabel("left", "‖∂h_t/∂h_{t-1}‖")
         self.norm_plot.setLabel("bottom", "time step t")
-        self.norm_plot.showGrid(x=True, y=True, alpha=0.25)
-        self.norm_plot.addLegend(offset=(-10, 10), labelTextSize="8pt", brush=(0, 0, 0, 150))
+        dress(self.norm_plot)
         self.norm_plot.addItem(
             pg.InfiniteLine(1.0, angle=0, pen=pg.mkPen("#AAAAAA", style=QtCore.Qt.PenStyle.DotLine),
                             label="1", labelOpts={"position": 0.02, "color": "#AAAAAA"}),
@@ -49,10 +48,7 @@ class JacobianPanel(Panel):
         self.sigma_plot = self.graphics.addPlot(row=1, col=0)
         self.sigma_plot.setLabel("left", "σ_max(recurrent kernel)")
         self.sigma_plot.setLabel("bottom", "training step")
-        plain_axes(self.norm_plot)
-        plain_axes(self.sigma_plot)
-        self.sigma_plot.showGrid(x=True, y=True, alpha=0.25)
-        self.sigma_plot.addLegend(offset=(-10, 10), labelTextSize="8pt", brush=(0, 0, 0, 150))
+        dress(self.sigma_plot)
         self.step_line = pg.InfiniteLine(angle=90, pen=pg.mkPen("#888888"))
         self.sigma_plot.addItem(self.step_line, ignoreBounds=True)
         self.watch_hover(self.graphics, self.norm_plot, self._describe_norm)

@@ -9,7 +9,7 @@ import pyqtgraph as pg
 from PyQt6 import QtCore, QtWidgets
 
 from visualizer.model import RunCollection, RunModel
-from visualizer.panels.base import Panel, format_value, plain_axes, run_pen
+from visualizer.panels.base import Panel, dress, format_value, run_pen
 
 __all__ = ["TrainingCurvesPanel", "metric_groups"]
 
@@ -80,14 +80,12 @@ class TrainingCurvesPanel(Panel):
                 if not any((name, phase) in present for name in groups[group]):
                     continue
                 plot = self.graphics.addPlot(row=row, col=col)
-                plain_axes(plot)
-                plot.showGrid(x=True, y=True, alpha=0.2)
+                dress(plot, grid_alpha=0.2)
                 plot.setLabel("left", group)
                 plot.setLabel("bottom", "global step" if phase == "batch" else "epoch")
                 if phase not in titled:
                     titled.add(phase)
                     plot.setTitle(caption, size="10pt")
-                plot.addLegend(offset=(-10, 10), labelTextSize="8pt", brush=(0, 0, 0, 150))
                 self._plots[group, phase] = plot
                 self.watch_hover(self.graphics, plot, self._describe(group, phase))
                 if phase == "batch":

@@ -9,7 +9,7 @@ import pyqtgraph as pg
 from PyQt6 import QtWidgets
 
 from visualizer.model import WEIGHT_GRAD_KINDS, RunCollection
-from visualizer.panels.base import Panel, block_pen, format_value, plain_axes
+from visualizer.panels.base import Panel, block_pen, dress, format_value
 
 __all__ = ["WeightGradsPanel"]
 
@@ -36,8 +36,7 @@ class WeightGradsPanel(Panel):
             plot = self.graphics.addPlot(row=row, col=0)
             symbol, caption = CAPTIONS[kind]
             plot.setLogMode(y=True)
-            plain_axes(plot)
-            plot.showGrid(x=True, y=True, alpha=0.25)
+            dress(plot, legend=False)
             plot.setLabel("left", symbol)
             plot.setTitle(caption, size="9pt")
             plot.addLegend(offset=(-10, 5), labelTextSize="8pt", colCount=4,
