@@ -23,10 +23,8 @@ from keras_rnnx.runlog import LOG_FILE_NAME, RunLogError, RunReader, RunWriter
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "runlog.md"
 
 
-def record(header: dict, data: bytes = b"") -> bytes:
-    """One framed record, built from the documented byte layout."""
-    head = json.dumps(header).encode()
-    payload = struct.pack("<I", len(head)) + head + data
+def framed(payload: bytes) -> bytes:
+    """A payload framed as the documented byte layout says: length, crc, payload, crc."""
     length = struct.pack("<Q", len(payload))
     return (
         length
@@ -34,6 +32,12 @@ def record(header: dict, data: bytes = b"") -> bytes:
         + payload
         + struct.pack("<I", zlib.crc32(payload))
     )
+
+
+def record(header: dict, data: bytes = b"") -> bytes:
+    """One framed record, built from the documented byte layout."""
+    head = json.dumps(header).encode()
+    return framed(struct.pack("<I", len(head)) + head + data)
 
 
 def magic(version: int = 1) -> bytes:

@@ -30,6 +30,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_runlog import boundaries, framed
 
 from keras_rnnx import runlog
 from keras_rnnx.runlog import (
@@ -116,16 +117,6 @@ def write_ops(run_dir: Path, ops) -> bytes:
         writer._file.close()  # a killed writer: no end record
         writer._file = None
     return (run_dir / LOG_FILE_NAME).read_bytes()
-
-
-def boundaries(data: bytes) -> list[int]:
-    """Start offsets of the records of an intact log, plus its end (docs/runlog.md layout)."""
-    starts, pos = [], 0
-    while pos < len(data):
-        starts.append(pos)
-        pos += 16 + struct.unpack_from("<Q", data, pos)[0]
-    assert pos == len(data)
-    return starts + [pos]
 
 
 @pytest.fixture(scope="module")
@@ -683,16 +674,6 @@ def crafted_records(draw):
         key = draw(st.sampled_from(["time", *TEMPLATES[kind][0], "dtype", "shape"]))
         faults.append(("set", key, draw(json_values)))
     return crafted_payload(kind, faults)
-
-
-def framed(payload: bytes) -> bytes:
-    length = struct.pack("<Q", len(payload))
-    return (
-        length
-        + struct.pack("<I", zlib.crc32(length))
-        + payload
-        + struct.pack("<I", zlib.crc32(payload))
-    )
 
 
 def sentinel() -> bytes:
