@@ -45,6 +45,7 @@ class _Writer:
         self.queue: queue.SimpleQueue = queue.SimpleQueue()
         self.pending_bytes = 0
         self.dropped = 0
+        self.cpu_seconds = 0.0  # CPU time of the writer thread, updated after each record
         self.failed: str | None = None
         self._lock = threading.Lock()
         self._writer = runlog.RunWriter(run_dir, resume=resume)
@@ -71,6 +72,12 @@ class _Writer:
             self._thread.join(timeout)
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        finally:
+            self.cpu_seconds = time.thread_time()
+
+    def _loop(self) -> None:
         last_flush = last_fsync = time.monotonic()
         dirty = False
         while True:
@@ -88,10 +95,15 @@ class _Writer:
                         self.pending_bytes -= bulky_bytes
                 if self.failed is None:
                     try:
-                        getattr(self._writer, method)(*args, **kwargs)
+                        if method == "batch_scalars":
+                            for step, values in args[0]:
+                                self._writer.write_scalars(step, values, phase="batch")
+                        else:
+                            getattr(self._writer, method)(*args, **kwargs)
                         dirty = True
                     except (OSError, runlog.RunLogError) as error:
                         self._fail(error)
+                self.cpu_seconds = time.thread_time()
             now = time.monotonic()
             if dirty and self.failed is None and now - last_flush >= self.flush_seconds:
                 fsync = now - last_fsync >= self.fsync_seconds
@@ -166,14 +178,16 @@ class RNNMonitor(keras.callbacks.Callback):
         probe_y: its targets, for the gradient fields; None records states, gates and
             Jacobians only.
         every: probe every this many training steps, or "auto" (default): probe whenever
-            the time spent probing stays within `overhead_budget` of the time spent training
-            in this `fit` (measured as it goes; the one-time tracing of the probe is not
-            counted), so frequent on small models and rare on big ones.
+            the monitor's whole cost in this `fit` (its hooks on the training thread, probes
+            and per-batch logging included, plus its writer thread's CPU time) stays within
+            `overhead_budget` of the time spent training (measured as it goes; the one-time
+            tracing of the probe is not counted), so frequent on small models and rare on
+            big ones.
         layers: probe only these layer keys (see `probe`); default all.
         jacobian: record the per-step Jacobian norms (the most expensive field).
         tokens: labels for the time axis: a list of T strings, or one such list per probe
             sample.
-        overhead_budget: the fraction of training time "auto" may spend probing (0.02).
+        overhead_budget: the fraction of training time "auto" may spend (0.02).
         max_pending_mb: bulky frames waiting for the writer beyond this are dropped (64).
         flush_seconds: the longest time a written record waits before reaching the OS.
         open_viewer: start the desktop viewer on this run in a separate process.
@@ -247,9 +261,14 @@ class RNNMonitor(keras.callbacks.Callback):
         self._probe_steps: list[int] = []
         self._clock = 0.0
         self._spent = 0.0
+        self._traced = 0.0
+        self._writer_cpu_base = 0.0
+        self._rows: list[tuple[int, dict[str, float]]] = []  # batch logs not yet handed over
+        self._handoff_at = 0.0
         self._probe_cost: float | None = None
         self._reported_drops = 0
         self._dropped = 0
+        self._writer_cpu_seconds = 0.0
         self._probe_failed = False
         self._finalizer = None
 
@@ -261,6 +280,11 @@ class RNNMonitor(keras.callbacks.Callback):
         return self._dropped if self._writer is None else self._writer.dropped
 
     @property
+    def writer_cpu_seconds(self) -> float:
+        """CPU seconds the background writer thread used (final once the monitor is closed)."""
+        return self._writer_cpu_seconds
+
+    @property
     def interval(self) -> float | None:
         """The mean number of training steps between probes so far (None before two)."""
         steps = self._probe_steps
@@ -268,17 +292,23 @@ class RNNMonitor(keras.callbacks.Callback):
 
     @property
     def budget_used(self) -> float | None:
-        """Seconds of (untraced) probing per second of training in this `fit`, so far."""
-        elapsed = time.perf_counter() - self._clock - self._spent
-        return None if elapsed <= 0 else self._spent / elapsed
+        """The monitor's seconds per second of training in this `fit`, so far.
+
+        The monitor's seconds are those of its hooks on the training thread (probes included,
+        their one-time tracing not) plus the CPU time of its writer thread.
+        """
+        training = time.perf_counter() - self._clock - self._spent
+        return None if training <= 0 else self._monitor_seconds() / training
 
     def close(self, status: str = "ok") -> None:
         """Flushes and closes the run log; later calls do nothing."""
         writer, self._writer = self._writer, None
         self._active = False
         if writer is not None:
+            _hand_over(writer, self._rows)
             writer.close(status)
             self._dropped = writer.dropped
+            self._writer_cpu_seconds = writer.cpu_seconds
         if self._finalizer is not None:
             self._finalizer.detach()
             self._finalizer = None
@@ -294,9 +324,12 @@ class RNNMonitor(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self._step = self._epoch_base = self._global_step()
-        self._clock, self._spent = time.perf_counter(), 0.0
+        self._clock = start = time.perf_counter()
+        self._spent = self._traced = 0.0
+        self._handoff_at = start + self.flush_seconds / 2
         if self._writer is not None:
             self._active = True  # a second `fit` on the same monitor appends to the same run
+            self._writer_cpu_base = self._writer.cpu_seconds
             return
         # Keras 3 calls callbacks outside the strategy's scope: ask the model for it.
         if self.chief_only and not _is_chief(getattr(self.model, "distribute_strategy", None)):
@@ -318,7 +351,8 @@ class RNNMonitor(keras.callbacks.Callback):
             return
         self._active = True
         writer = self._writer
-        self._finalizer = weakref.finalize(self, writer.close, "closed at exit")
+        self._writer_cpu_base = 0.0
+        self._finalizer = weakref.finalize(self, _close_at_exit, writer, self._rows)
         atexit.register(self._finalizer)
 
         trace = self._probe_now()
@@ -327,6 +361,7 @@ class RNNMonitor(keras.callbacks.Callback):
         self._next_probe = self._step + (self.every if isinstance(self.every, int) else 1)
         if self.open_viewer:
             self._launch_viewer()
+        self._account(start)
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch_base = self._step
@@ -336,21 +371,34 @@ class RNNMonitor(keras.callbacks.Callback):
             return
         # `batch` counts from 0 in each epoch (the last step of an execution with
         # steps_per_execution > 1); counting here avoids reading the optimizer every step.
+        start = time.perf_counter()
         self._step = self._epoch_base + int(batch) + 1
-        self._writer.put("write_scalars", self._step, _floats(logs), phase="batch")
+        # Batch logs travel to the writer in bundles, at most flush_seconds / 2 apart: one
+        # hand-over (and one wake-up of the writer thread) per step costs more than the rest.
+        self._rows.append((self._step, _floats(logs)))
+        if start >= self._handoff_at:
+            self._handoff_at = start + self.flush_seconds / 2
+            _hand_over(self._writer, self._rows)
         if self._step >= self._next_probe and self._budget_allows():
+            _hand_over(self._writer, self._rows)
             self._record(self._step, self._probe_now())
             if isinstance(self.every, int):
                 self._next_probe = self._step + self.every
+        self._account(start)
 
     def on_epoch_end(self, epoch, logs=None):
         if self._active:
+            start = time.perf_counter()
+            _hand_over(self._writer, self._rows)
             self._writer.put("write_scalars", int(epoch), _floats(logs), phase="epoch")
+            self._account(start)
 
     def on_train_end(self, logs=None):
         if self._active:
+            _hand_over(self._writer, self._rows)
             self._writer.put("write_event", "train_end", {
                 "probes": self.probe_count, "probe_seconds": round(self.probe_seconds, 4),
+                "monitor_seconds": round(self._monitor_seconds(), 4),
                 "interval": self.interval, "dropped_frames": self.dropped_frames,
                 "nonfinite_arrays": self.nonfinite_count,
             }, step=self._step)
@@ -363,18 +411,30 @@ class RNNMonitor(keras.callbacks.Callback):
         iterations = getattr(optimizer, "iterations", None)
         return 0 if iterations is None else int(keras.ops.convert_to_numpy(iterations))
 
-    def _budget_allows(self) -> bool:
-        """`every="auto"`: probe while probing stays within `overhead_budget` of training.
+    def _account(self, start: float) -> None:
+        """Adds a hook's time since `start` to the monitor's, less any tracing in it."""
+        self._spent += time.perf_counter() - start - self._traced
+        self._traced = 0.0
 
-        Training time is the wall time of this `fit` so far, less the probing (the first probe
-        of the `fit` included); the expected cost of the next probe is the running mean of the
-        last ones. Calls that traced the probe's graph (once per model and input shape) count
-        as neither.
+    def _monitor_seconds(self) -> float:
+        """The monitor's cost in this `fit`: hook time (probes included) + writer CPU time."""
+        writer = self._writer.cpu_seconds if self._writer is not None else 0.0
+        return self._spent + max(0.0, writer - self._writer_cpu_base)
+
+    def _budget_allows(self) -> bool:
+        """`every="auto"`: probe while the monitor's cost stays within `overhead_budget`.
+
+        The cost is everything the monitor did in this `fit` so far: its hooks on the training
+        thread (the first probe of the `fit` and the per-batch logging included) and the CPU
+        time of its writer thread, plus the expected cost of the next probe (the running mean
+        of the last ones). Training time is the wall time of this `fit` less the hooks. Calls
+        that traced the probe's graph (once per model and input shape) count as neither.
         """
         if isinstance(self.every, int):
             return True
         training = time.perf_counter() - self._clock - self._spent
-        return self._spent + (self._probe_cost or 0.0) <= self.overhead_budget * training
+        expected = self._probe_cost or 0.0
+        return self._monitor_seconds() + expected <= self.overhead_budget * training
 
     def _probe_now(self):
         start = time.perf_counter()
@@ -395,11 +455,12 @@ class RNNMonitor(keras.callbacks.Callback):
         self.probe_seconds += seconds
         self._probe_steps.append(self._step)
         if self._probe.trace_count == traces_before:
-            self._spent += seconds
             self._probe_cost = seconds if self._probe_cost is None else (
                 0.7 * self._probe_cost + 0.3 * seconds)
         else:
-            self._clock += seconds  # tracing is neither training nor budgeted probing
+            # Tracing is neither training nor the monitor's running cost.
+            self._clock += seconds
+            self._traced += seconds
         return trace
 
     def _record(self, step: int, trace) -> None:
@@ -494,9 +555,24 @@ class RNNMonitor(keras.callbacks.Callback):
         self.viewer_process = open_viewer(self.run_dir)
 
 
+def _hand_over(writer: _Writer, rows: list) -> None:
+    """Queues the pending batch logs as one item and empties `rows` (in place)."""
+    if rows:
+        writer.put("batch_scalars", rows[:])
+        rows.clear()
+
+
+def _close_at_exit(writer: _Writer, rows: list) -> None:
+    _hand_over(writer, rows)
+    writer.close("closed at exit")
+
+
 def _floats(logs) -> dict[str, float]:
     out = {}
     for name, value in (logs or {}).items():
+        if isinstance(value, (float, int)):  # what Keras's pythonify_logs hands callbacks
+            out[str(name)] = float(value)
+            continue
         try:
             out[str(name)] = float(np.asarray(value).reshape(-1)[0])
         except (TypeError, ValueError, IndexError):
