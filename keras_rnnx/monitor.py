@@ -184,7 +184,9 @@ class RNNMonitor(keras.callbacks.Callback):
             tracing of the probe is not counted), so frequent on small models and rare on
             big ones.
         layers: probe only these layer keys (see `probe`); default all.
-        jacobian: record the per-step Jacobian norms (the most expensive field).
+        jacobian: record the per-step Jacobian norms (the most expensive field); with
+            `every="auto"` they are computed within half of the budget, so the probes
+            between two such ones record every other field.
         tokens: labels for the time axis: a list of T strings, or one such list per probe
             sample.
         overhead_budget: the fraction of training time "auto" may spend (0.02).
@@ -253,7 +255,7 @@ class RNNMonitor(keras.callbacks.Callback):
         self.nonfinite_count = 0
         self.viewer_process = None
         self._writer: _Writer | None = None
-        self._probe = None
+        self._probes: dict[bool, Any] = {}  # with the Jacobian (True) and without (False)
         self._active = False
         self._step = 0
         self._epoch_base = 0
@@ -265,7 +267,8 @@ class RNNMonitor(keras.callbacks.Callback):
         self._writer_cpu_base = 0.0
         self._rows: list[tuple[int, dict[str, float]]] = []  # batch logs not yet handed over
         self._handoff_at = 0.0
-        self._probe_cost: float | None = None
+        self._probe_cost: dict[bool, float | None] = {True: None, False: None}
+        self._jacobian_spent = 0.0
         self._reported_drops = 0
         self._dropped = 0
         self._writer_cpu_seconds = 0.0
@@ -325,7 +328,7 @@ class RNNMonitor(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         self._step = self._epoch_base = self._global_step()
         self._clock = start = time.perf_counter()
-        self._spent = self._traced = 0.0
+        self._spent = self._traced = self._jacobian_spent = 0.0
         self._handoff_at = start + self.flush_seconds / 2
         if self._writer is not None:
             self._active = True  # a second `fit` on the same monitor appends to the same run
@@ -336,8 +339,8 @@ class RNNMonitor(keras.callbacks.Callback):
             return
         from keras_rnnx import diagnostics
 
-        self._probe = diagnostics.get_probe(self.model, layers=self.layers,
-                                            jacobian=self.jacobian)
+        self._probes = {self.jacobian: diagnostics.get_probe(self.model, layers=self.layers,
+                                                             jacobian=self.jacobian)}
         try:
             self._writer = _Writer(self.run_dir, self.flush_seconds, 1.0,
                                    self.max_pending_bytes, self.resume)
@@ -355,7 +358,7 @@ class RNNMonitor(keras.callbacks.Callback):
         self._finalizer = weakref.finalize(self, _close_at_exit, writer, self._rows)
         atexit.register(self._finalizer)
 
-        trace = self._probe_now()
+        trace = self._probe_now(self.jacobian)
         writer.put("write_meta", self._meta(trace if trace is not None else {}))
         self._record(self._step, trace)
         self._next_probe = self._step + (self.every if isinstance(self.every, int) else 1)
@@ -379,9 +382,10 @@ class RNNMonitor(keras.callbacks.Callback):
         if start >= self._handoff_at:
             self._handoff_at = start + self.flush_seconds / 2
             _hand_over(self._writer, self._rows)
-        if self._step >= self._next_probe and self._budget_allows():
+        full = self._probe_kind() if self._step >= self._next_probe else None
+        if full is not None:
             _hand_over(self._writer, self._rows)
-            self._record(self._step, self._probe_now())
+            self._record(self._step, self._probe_now(full))
             if isinstance(self.every, int):
                 self._next_probe = self._step + self.every
         self._account(start)
@@ -421,26 +425,41 @@ class RNNMonitor(keras.callbacks.Callback):
         writer = self._writer.cpu_seconds if self._writer is not None else 0.0
         return self._spent + max(0.0, writer - self._writer_cpu_base)
 
-    def _budget_allows(self) -> bool:
-        """`every="auto"`: probe while the monitor's cost stays within `overhead_budget`.
+    def _probe_kind(self) -> bool | None:
+        """Whether to probe now: None (not now), True (with the Jacobian), False (without).
 
-        The cost is everything the monitor did in this `fit` so far: its hooks on the training
-        thread (the first probe of the `fit` and the per-batch logging included) and the CPU
-        time of its writer thread, plus the expected cost of the next probe (the running mean
-        of the last ones). Training time is the wall time of this `fit` less the hooks. Calls
-        that traced the probe's graph (once per model and input shape) count as neither.
+        A fixed `every` probes as configured. `every="auto"` probes while the monitor's cost
+        stays within `overhead_budget` of training: the cost is everything the monitor did in
+        this `fit` so far (its hooks on the training thread, the first probe of the `fit` and
+        the per-batch logging included, and the CPU time of its writer thread) plus the
+        expected cost of this probe (the running mean of the last ones). Training time is the
+        wall time of this `fit` less the hooks. The Jacobian norms, by far the most expensive
+        field, are computed in at most half of the budget; the other probes record every
+        other field. Calls that traced a probe's graph (once per model and input shape) count
+        as neither training nor cost.
         """
         if isinstance(self.every, int):
-            return True
+            return self.jacobian
         training = time.perf_counter() - self._clock - self._spent
-        expected = self._probe_cost or 0.0
-        return self._monitor_seconds() + expected <= self.overhead_budget * training
+        allowance = self.overhead_budget * training
+        spent = self._monitor_seconds()
+        if self.jacobian:
+            full = self._probe_cost[True] or 0.0
+            if self._jacobian_spent + full <= allowance / 2 and spent + full <= allowance:
+                return True
+        return False if spent + (self._probe_cost[False] or 0.0) <= allowance else None
 
-    def _probe_now(self):
+    def _probe_now(self, full: bool):
+        probe = self._probes.get(full)
+        if probe is None:
+            from keras_rnnx import diagnostics
+
+            probe = self._probes[full] = diagnostics.get_probe(
+                self.model, layers=self.layers, jacobian=full)
         start = time.perf_counter()
-        traces_before = self._probe.trace_count
+        traces_before = probe.trace_count
         try:
-            trace = self._probe(self.probe_x, self.probe_y)
+            trace = probe(self.probe_x, self.probe_y)
         except Exception as error:  # noqa: BLE001 - a failed probe must not stop training
             trace = None
             if not self._probe_failed:
@@ -454,9 +473,11 @@ class RNNMonitor(keras.callbacks.Callback):
         self.probe_count += 1
         self.probe_seconds += seconds
         self._probe_steps.append(self._step)
-        if self._probe.trace_count == traces_before:
-            self._probe_cost = seconds if self._probe_cost is None else (
-                0.7 * self._probe_cost + 0.3 * seconds)
+        if probe.trace_count == traces_before:
+            cost = self._probe_cost[full]
+            self._probe_cost[full] = seconds if cost is None else 0.7 * cost + 0.3 * seconds
+            if full:
+                self._jacobian_spent += seconds
         else:
             # Tracing is neither training nor the monitor's running cost.
             self._clock += seconds
