@@ -4,9 +4,11 @@ Training never waits on the disk: the callback runs the probe on the training th
 the cost it adds to `fit`) and hands the arrays to a background writer thread. Scalars and
 small per-layer arrays (gradient norms, Jacobian norms, σ_max) are always queued; bulky
 frames (states, gates, ∂L/∂h_t) are dropped when more than `max_pending_mb` of them are
-waiting, and the drops are counted in the log. The writer flushes to the operating system at
-least every `flush_seconds` (0.1 s by default) and fsyncs at least every second, so a killed
-process loses at most that; the log's format keeps the rest readable.
+waiting, and the drops are counted in the log. Batch logs reach the writer in bundles at least
+every `flush_seconds / 2`; the writer flushes to the operating system at least every
+`flush_seconds` (0.1 s by default) and fsyncs at least every second, so a killed process loses
+at most the last 0.15 s (an operating-system crash, the last second); the log's format keeps
+the rest readable.
 """
 
 from __future__ import annotations
