@@ -3,10 +3,12 @@
 Workloads (all on the CPU, float32):
 
 - W1: one training step (forward, backward, Adam update) of `Input((100, 32)) → RNN(128) →
-  Dense(1)` on a batch of 64, for `ForgetGateLSTMCell` in `keras_rnnx.RNN` (fast path) and in
-  `keras.layers.RNN` (Keras's generic loop), `keras.layers.LSTM`, `torch.nn.LSTM` (if torch
-  is installed: `pip install torch==2.13.0`), and the other three cells in `keras_rnnx.RNN`;
-  plus inference (forward only) at batch 1 and 64.
+  Dense(1)` on a batch of 64, for `ForgetGateLSTMCell` in `keras_rnnx.RNN` (compiled with
+  Keras's default, which on a CPU-only machine means no XLA: its compiled kernels; and with
+  XLA: its TensorFlow loop) and in `keras.layers.RNN` (Keras's generic loop, XLA),
+  `keras.layers.LSTM` in both configurations (the faster one is the baseline),
+  `torch.nn.LSTM` (if torch is installed: `pip install torch==2.13.0`), and the other three
+  cells in `keras_rnnx.RNN` (XLA); plus inference (forward only) at batch 1 and 64.
 - W2: the same training step on long sequences, T = 1000, units 256.
 - Roofline: the machine's large-matmul throughput (2048² float32, GFLOP/s), against which the
   cells' achieved GFLOP/s is reported (FLOPs of the matrix products only).
@@ -34,6 +36,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import keras_rnnx as rx  # noqa: E402
+from keras_rnnx import _native  # noqa: E402
 
 N_BLOCKS = {"vanilla": 1, "cec": 1, "original": 3, "forget": 4, "keras_lstm": 4, "torch": 4}
 
@@ -44,20 +47,26 @@ def keras_model(layer, steps, features, jit=True):
     return model
 
 
+KERAS_LSTM = ("keras.layers.LSTM", "keras.layers.LSTM XLA")
+
+
 def keras_workloads(steps, features, units, kinds):
-    """name -> (model, n_blocks)."""
+    """name -> (model, n_blocks). "XLA" rows compile with jit_compile=True; the others with
+    Keras's default, which on a CPU-only machine is no XLA."""
     keras.utils.set_random_seed(0)
+    forget = rx.ForgetGateLSTMCell
     out = {
-        "rx.RNN(forget)": (keras_model(rx.RNN(rx.ForgetGateLSTMCell(units)), steps, features),
-                           4),
-        "keras.layers.RNN(forget)": (keras_model(keras.layers.RNN(rx.ForgetGateLSTMCell(units)),
-                                                 steps, features), 4),
-        "keras.layers.LSTM": (keras_model(keras.layers.LSTM(units), steps, features), 4),
+        "rx.RNN(forget)": (keras_model(rx.RNN(forget(units)), steps, features, "auto"), 4),
+        "rx.RNN(forget) XLA": (keras_model(rx.RNN(forget(units)), steps, features), 4),
+        "keras.layers.RNN(forget) XLA": (
+            keras_model(keras.layers.RNN(forget(units)), steps, features), 4),
+        KERAS_LSTM[0]: (keras_model(keras.layers.LSTM(units), steps, features, "auto"), 4),
+        KERAS_LSTM[1]: (keras_model(keras.layers.LSTM(units), steps, features), 4),
     }
     for kind in kinds:
         if kind != "forget":
-            out[f"rx.RNN({kind})"] = (keras_model(rx.RNN(rx.CELL_KINDS[kind](units)), steps,
-                                                  features), N_BLOCKS[kind])
+            out[f"rx.RNN({kind}) XLA"] = (keras_model(rx.RNN(rx.CELL_KINDS[kind](units)),
+                                                      steps, features), N_BLOCKS[kind])
     return out
 
 
@@ -137,16 +146,20 @@ def run_training(label, batch, steps, features, units, kinds, rounds, calls, wit
         for name, (fn, _) in workloads.items():
             times[name].append(time_calls(fn, calls))
     medians = {name: statistics.median(values) for name, values in times.items()}
+    # The Keras LSTM baseline is the faster of its two configurations in this run.
+    medians["Keras LSTM (faster)"] = min(medians[name] for name in KERAS_LSTM)
     print(f"\n{label}: training step, batch {batch}, T = {steps}, input {features}, "
           f"units {units}; median of {rounds} interleaved rounds × {calls} steps")
-    baselines = [b for b in ("keras.layers.LSTM", "torch.nn.LSTM") if b in medians]
-    header = f"{'':<26}{'ms/step':>9}{'GFLOP/s':>9}" + "".join(f"{'÷ ' + b:>22}"
+    baselines = [b for b in ("Keras LSTM (faster)", "torch.nn.LSTM") if b in medians]
+    header = f"{'':<30}{'ms/step':>9}{'GFLOP/s':>9}" + "".join(f"{'÷ ' + b:>24}"
                                                              for b in baselines)
     print(header)
-    for name, seconds in medians.items():
+    for name in workloads:
+        seconds = medians[name]
         flops = train_flops(batch, steps, features, units, workloads[name][1])
-        ratios = "".join(f"{seconds / medians[b]:>22.2f}" for b in baselines)
-        print(f"{name:<26}{seconds * 1e3:>9.1f}{flops / seconds / 1e9:>9.2f}{ratios}")
+        ratios = "".join(f"{seconds / medians[b]:>24.2f}" for b in baselines)
+        print(f"{name:<30}{seconds * 1e3:>9.1f}{flops / seconds / 1e9:>9.2f}{ratios}")
+    print(f"rx.RNN's compiled CPU kernels: {_native.status()}")
     return medians
 
 

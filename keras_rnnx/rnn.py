@@ -9,7 +9,7 @@ from keras import ops
 # under `keras.ops`; `keras.layers.RNN` and `keras.layers.LSTM` call them the same way.
 from keras.src import backend as keras_backend
 
-from keras_rnnx import _validation
+from keras_rnnx import _native, _validation
 from keras_rnnx.cells.base import LectureCell
 from keras_rnnx.cells.forget_gate_lstm import ForgetGateLSTMCell
 
@@ -21,7 +21,10 @@ class RNN(keras.layers.RNN):
     For the four lecture cells it trains on a faster path than the generic step loop: the
     input projection x_t @ kernel + bias is computed for all t as one large matrix product
     before the recurrence, so each step does a single fused h_{t-1} @ recurrent_kernel and the
-    cell's equations; inference keeps the generic loop, which is faster there. Dropout,
+    cell's equations; inference keeps the generic loop, which is faster there. On the CPU,
+    without XLA, a `ForgetGateLSTMCell` with tanh/sigmoid activations in float32 trains with
+    compiled kernels for the recurrence and its backward pass (`keras_rnnx._native`, built
+    on first use; `keras_rnnx._native.status()` says whether they are in use). Dropout,
     recurrent dropout, masks, `go_backwards`, `stateful`, `unroll` and `initial_state` behave
     exactly as in `keras.layers.RNN`. In training on a GPU, a `ForgetGateLSTMCell` with
     tanh/sigmoid activations, a bias and no recurrent dropout runs on Keras's cuDNN kernel,
@@ -80,16 +83,12 @@ class RNN(keras.layers.RNN):
             except NotImplementedError:
                 pass
 
-        # Time-major, and one 2-D product (batch·T, features) @ kernel: a 3-D matmul would be a
-        # batched product with the kernel broadcast over the batch, several times slower.
-        kernel = ops.cast(cell.kernel, x.dtype)
-        steps = ops.shape(x)[1]
-        x = ops.reshape(ops.transpose(x, (1, 0, 2)), (-1, ops.shape(x)[2]))
-        projected = ops.matmul(x, kernel)
-        if cell.use_bias:
-            projected = projected + ops.cast(cell.bias, x.dtype)
-        projected = ops.reshape(projected, (steps, -1, ops.shape(kernel)[1]))
+        projected = _project(cell, x)
         recurrent_kernel = ops.cast(cell.recurrent_kernel, x.dtype)
+        if mask is None and recurrent_mask is None and self._native_applies(x):
+            module = _native.load()
+            if module is not None:
+                return self._native_loop(module, projected, recurrent_kernel, initial_state)
 
         def step(projected_t, states):
             h_prev = states[0] if recurrent_mask is None else states[0] * recurrent_mask
@@ -110,6 +109,37 @@ class RNN(keras.layers.RNN):
             return_all_outputs=self.return_sequences,
         )
         return last_output, ops.transpose(outputs, (1, 0, 2)), states
+
+    def _native_applies(self, x) -> bool:
+        """Whether the compiled CPU kernels can train this layer (graph or eager, not XLA)."""
+        cell = self.cell
+        if (keras.backend.backend() != "tensorflow" or type(cell) is not ForgetGateLSTMCell
+                or self.unroll or cell.activation is not keras.activations.tanh
+                or cell.recurrent_activation is not keras.activations.sigmoid
+                or keras.backend.standardize_dtype(x.dtype) != "float32"
+                or cell.recurrent_kernel.dtype != "float32"):
+            return False
+        import tensorflow as tf
+
+        if tf.config.list_logical_devices("GPU"):
+            return False
+        try:
+            from tensorflow.python.ops import control_flow_util
+        except ImportError:  # cannot tell whether XLA compiles this graph: stay on the safe side
+            return False
+        return not control_flow_util.GraphOrParentsInXlaContext(
+            tf.compat.v1.get_default_graph())
+
+    def _native_loop(self, module, projected, recurrent_kernel, initial_state):
+        import tensorflow as tf
+
+        if self.go_backwards:
+            projected = tf.reverse(projected, [0])
+        h_seq, h_last, c_last = _native_lstm(module, projected, recurrent_kernel,
+                                             initial_state[0], initial_state[1])
+        outputs = (tf.transpose(h_seq, (1, 0, 2)) if self.return_sequences
+                   else h_last[:, None, :])
+        return h_last, outputs, [h_last, c_last]
 
     def _cudnn_loop(self, x, initial_state, mask):
         """Keras's fused LSTM kernel; raises NotImplementedError where it cannot run."""
@@ -134,3 +164,41 @@ class RNN(keras.layers.RNN):
         # cuDNN ops are not XLA-compatible, as for keras.layers.LSTM.
         self.supports_jit = False
         return out
+
+
+def _project(cell, x):
+    """x @ kernel + bias for all steps, time-major: (T, batch, n_blocks · units).
+
+    One 2-D product (batch·T, features) @ kernel: a 3-D matmul would be a batched product
+    with the kernel broadcast over the batch, several times slower.
+    """
+    kernel = ops.cast(cell.kernel, x.dtype)
+    steps = ops.shape(x)[1]
+    flat = ops.reshape(ops.transpose(x, (1, 0, 2)), (-1, ops.shape(x)[2]))
+    projected = ops.matmul(flat, kernel)
+    if cell.use_bias:
+        projected = projected + ops.cast(cell.bias, x.dtype)
+    return ops.reshape(projected, (steps, -1, ops.shape(kernel)[1]))
+
+
+def _native_lstm(module, projected, recurrent_kernel, h0, c0):
+    """The forget-gate LSTM's loop in the compiled kernels, with their backward pass.
+
+    Returns (h for every step, time-major; h_T; c_T).
+    """
+    import tensorflow as tf
+
+    @tf.custom_gradient
+    def run(projected, recurrent_kernel, h0, c0):
+        h, c, gates = module.rnnx_lstm_forward(projected, recurrent_kernel, h0, c0)
+
+        def grad(dh_seq, dh_last, dc_last):
+            dh_seq = tf.zeros_like(h) if dh_seq is None else dh_seq
+            dh_last = tf.zeros_like(h0) if dh_last is None else dh_last
+            dc_last = tf.zeros_like(c0) if dc_last is None else dc_last
+            return module.rnnx_lstm_backward(recurrent_kernel, h0, c0, h, c, gates, dh_seq,
+                                             dh_last, dc_last)
+
+        return (h, h[-1], c[-1]), grad
+
+    return run(projected, recurrent_kernel, h0, c0)

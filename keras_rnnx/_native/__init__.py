@@ -1,0 +1,155 @@
+"""The compiled CPU kernels of `keras_rnnx.RNN`'s training path, built on first use.
+
+`lstm_kernels.cc` holds the forget-gate LSTM's recurrence as two TensorFlow ops. The first time
+`keras_rnnx.RNN` trains a `ForgetGateLSTMCell` on the CPU (without XLA), this module compiles it
+against the installed TensorFlow with the system's C++ compiler (about half a minute, once per
+machine, TensorFlow version and source) into a cache directory, then loads it with
+`tf.load_op_library`. Where that cannot be done — no compiler, a failed build, or
+`KERAS_RNNX_NATIVE=0` in the environment — `load()` returns None, `status()` says why, and
+`keras_rnnx.RNN` trains with its TensorFlow loop instead: the same numbers, only slower.
+
+The ops appear only in training graphs; models saved as `.keras` files or exported for
+serving never contain them.
+
+Cache directory: `$KERAS_RNNX_CACHE`, else `$XDG_CACHE_HOME/keras_rnnx`, else
+`~/.cache/keras_rnnx`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+SOURCE = Path(__file__).with_name("lstm_kernels.cc")
+_COMPILE_TIMEOUT_S = 600
+_lock = threading.Lock()
+_state: dict = {"loaded": False, "module": None, "status": "not loaded yet"}
+
+
+def status() -> str:
+    """Whether the compiled kernels are in use, and if not, why (a sentence)."""
+    return _state["status"]
+
+
+def load():
+    """The loaded op module (`rnnx_lstm_forward`, `rnnx_lstm_backward`), or None."""
+    if _state["loaded"]:
+        return _state["module"]
+    with _lock:
+        if not _state["loaded"]:
+            try:
+                _state["module"] = _load()
+                _state["status"] = f"in use ({_state['module'].path})"
+            except _Unavailable as reason:
+                _state["status"] = f"not in use: {reason}"
+            _state["loaded"] = True
+    return _state["module"]
+
+
+class _Unavailable(Exception):
+    pass
+
+
+class _Module:
+    def __init__(self, ops, path: Path):
+        self.rnnx_lstm_forward = ops.rnnx_lstm_forward
+        self.rnnx_lstm_backward = ops.rnnx_lstm_backward
+        self.path = path
+
+
+def _cache_dir() -> Path:
+    if os.environ.get("KERAS_RNNX_CACHE"):
+        return Path(os.environ["KERAS_RNNX_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "keras_rnnx"
+
+
+def _cpu_flags() -> list[str]:
+    """-mavx2 -mfma where this CPU has them (x86-64 Linux); the cache key includes them."""
+    if platform.machine() not in ("x86_64", "AMD64"):
+        return []
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as file:
+            for line in file:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return ["-mavx2", "-mfma"] if {"avx2", "fma"} <= flags else []
+    except OSError:
+        pass
+    return []
+
+
+def _load():
+    if os.environ.get("KERAS_RNNX_NATIVE", "1").strip().lower() in ("0", "false", "no", "off"):
+        raise _Unavailable("disabled by KERAS_RNNX_NATIVE")
+    if sys.platform != "linux":
+        raise _Unavailable(f"built on Linux only (this is {sys.platform})")
+    import tensorflow as tf
+
+    compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+    if not compiler:
+        raise _Unavailable("no C++ compiler found (set CXX, or install g++)")
+    flags = (["-std=c++17", "-O3", "-shared", "-fPIC", "-w", *_cpu_flags()]
+             + tf.sysconfig.get_compile_flags())
+    link = tf.sysconfig.get_link_flags()
+    key = hashlib.sha256()
+    for part in (SOURCE.read_bytes(), tf.__version__.encode(), " ".join(flags + link).encode(),
+                 compiler.encode()):
+        key.update(part)
+        key.update(b"\0")
+    cache = _cache_dir()
+    target = cache / f"lstm_kernels-{key.hexdigest()[:16]}.so"
+    if not target.exists():
+        _compile(compiler, flags, link, cache, target)
+    try:
+        ops = tf.load_op_library(str(target))
+    except Exception as error:  # noqa: BLE001 - any failure means: use the TensorFlow loop
+        raise _Unavailable(f"cannot load {target}: {error}") from None
+    return _Module(ops, target)
+
+
+def _compile(compiler: str, flags: list[str], link: list[str], cache: Path, target: Path):
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise _Unavailable(f"cannot create the cache directory {cache}: {error}") from None
+    with _file_lock(cache / (target.name + ".lock")):
+        if target.exists():  # built by another process while this one waited
+            return
+        print(f"keras_rnnx: compiling the CPU LSTM kernels into {cache} (once; about 30 s)",
+              file=sys.stderr, flush=True)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)
+        os.close(fd)
+        command = [compiler, *flags, "-o", tmp, str(SOURCE), *link]
+        try:
+            done = subprocess.run(command, capture_output=True, text=True,
+                                  timeout=_COMPILE_TIMEOUT_S)
+            if done.returncode != 0:
+                tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
+                raise _Unavailable(f"the compiler failed ({' | '.join(tail)})")
+            os.replace(tmp, target)
+        except (OSError, subprocess.SubprocessError) as error:
+            raise _Unavailable(f"cannot run the compiler: {error}") from None
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    import fcntl
+
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

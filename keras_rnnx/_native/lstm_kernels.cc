@@ -1,0 +1,268 @@
+// The forget-gate LSTM's recurrence as two TensorFlow CPU kernels, used by `keras_rnnx.RNN`
+// in training (see keras_rnnx/_native/__init__.py, which compiles this file on first use).
+//
+// Gate order and equations are ForgetGateLSTMCell's (the columns of the kernels):
+//   a_t = p_t + h_{t-1} R,  [i f z o] = [σ σ tanh σ](a_t),
+//   c_t = f c_{t-1} + i z,  h_t = o tanh(c_t),
+// where p_t = x_t W + b is computed for all t by TensorFlow before the loop.
+//
+// RnnxLstmForward runs the loop once and keeps the gate activations; RnnxLstmBackward runs
+// it backwards from them: per step only the elementwise derivatives and dh_{t-1} = da_t Rᵀ,
+// then dR = Σ_t h_{t-1}ᵀ da_t as one large product. The recurrence of each sample is
+// independent of the others, so the batch is split into row blocks that TensorFlow's intra-op
+// thread pool runs through all steps at once, without a synchronisation per step; dR runs on
+// the whole pool.
+
+#define EIGEN_USE_THREADS
+#include <algorithm>
+
+#include <Eigen/Core>
+
+#include "tensorflow/core/framework/op.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/shape_inference.h"
+#include "tensorflow/core/util/work_sharder.h"
+#include "unsupported/Eigen/CXX11/Tensor"
+
+namespace {
+
+using tensorflow::OpKernel;
+using tensorflow::OpKernelConstruction;
+using tensorflow::OpKernelContext;
+using tensorflow::Tensor;
+using tensorflow::TensorShape;
+using tensorflow::errors::InvalidArgument;
+
+using Array = Eigen::Array<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+using ArrayMap = Eigen::Map<Array>;
+using ConstArrayMap = Eigen::Map<const Array>;
+using Matrix = Eigen::TensorMap<Eigen::Tensor<float, 2, Eigen::RowMajor>>;
+using ConstMatrix = Eigen::TensorMap<Eigen::Tensor<const float, 2, Eigen::RowMajor>>;
+using Product = Eigen::array<Eigen::IndexPair<int>, 1>;
+using RowMatrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+using RowMatrixMap = Eigen::Map<RowMatrix>;
+using ConstRowMatrixMap = Eigen::Map<const RowMatrix>;
+
+// Contraction index pairs: a·b, a·bᵀ and aᵀ·b.
+const Product kAtB = {Eigen::IndexPair<int>(0, 0)};
+
+// Runs body(first_row, rows) for row blocks of the batch, in parallel on the intra-op pool.
+template <typename Body>
+void ForRowBlocks(OpKernelContext* context, int64_t batch, Body body) {
+  const auto* workers = context->device()->tensorflow_cpu_worker_threads();
+  const int64_t blocks = std::max<int64_t>(
+      1, std::min<int64_t>(workers->num_threads, batch / 8));
+  tensorflow::Shard(workers->num_threads, workers->workers, blocks, int64_t{1} << 40,
+                    [&](int64_t begin, int64_t end) {
+                      for (int64_t k = begin; k < end; ++k) {
+                        const int64_t first = k * batch / blocks;
+                        body(first, (k + 1) * batch / blocks - first);
+                      }
+                    });
+}
+
+tensorflow::Status CheckMatrix(const Tensor& t, const char* name, int64_t rows, int64_t cols) {
+  if (t.dims() != 2 || t.dim_size(0) != rows || t.dim_size(1) != cols) {
+    return InvalidArgument(name, " must have shape [", rows, ", ", cols, "], got ",
+                           t.shape().DebugString());
+  }
+  return absl::OkStatus();
+}
+
+tensorflow::Status CheckSequence(const Tensor& t, const char* name, int64_t steps,
+                                  int64_t batch, int64_t width) {
+  if (t.dims() != 3 || t.dim_size(0) != steps || t.dim_size(1) != batch ||
+      t.dim_size(2) != width) {
+    return InvalidArgument(name, " must have shape [", steps, ", ", batch, ", ", width,
+                           "], got ", t.shape().DebugString());
+  }
+  return absl::OkStatus();
+}
+
+class LstmForward : public OpKernel {
+ public:
+  explicit LstmForward(OpKernelConstruction* context) : OpKernel(context) {}
+
+  void Compute(OpKernelContext* context) override {
+    const Tensor& p = context->input(0);
+    const Tensor& r = context->input(1);
+    const Tensor& h0 = context->input(2);
+    const Tensor& c0 = context->input(3);
+    OP_REQUIRES(context, p.dims() == 3 && p.dim_size(2) % 4 == 0,
+                InvalidArgument("p must have shape [time, batch, 4 * units], got ",
+                                p.shape().DebugString()));
+    const int64_t steps = p.dim_size(0), batch = p.dim_size(1), width = p.dim_size(2);
+    const int64_t units = width / 4;
+    OP_REQUIRES_OK(context, CheckMatrix(r, "recurrent_kernel", units, width));
+    OP_REQUIRES_OK(context, CheckMatrix(h0, "h0", batch, units));
+    OP_REQUIRES_OK(context, CheckMatrix(c0, "c0", batch, units));
+
+    Tensor *h = nullptr, *c = nullptr, *gates = nullptr;
+    OP_REQUIRES_OK(context, context->allocate_output(0, TensorShape({steps, batch, units}), &h));
+    OP_REQUIRES_OK(context, context->allocate_output(1, TensorShape({steps, batch, units}), &c));
+    OP_REQUIRES_OK(context, context->allocate_output(2, p.shape(), &gates));
+    if (steps == 0 || batch == 0 || units == 0) return;
+
+    const float* p_data = p.flat<float>().data();
+    float* h_data = h->flat<float>().data();
+    float* c_data = c->flat<float>().data();
+    float* g_data = gates->flat<float>().data();
+    ConstRowMatrixMap rec(r.flat<float>().data(), units, width);
+    const int64_t state = batch * units, gate = batch * width;
+    ForRowBlocks(context, batch, [&](int64_t first, int64_t rows) {
+      // Rows first .. first + rows of one step are contiguous in every [time, batch, ·] array.
+      const float* h_prev = h0.flat<float>().data() + first * units;
+      const float* c_prev = c0.flat<float>().data() + first * units;
+      for (int64_t t = 0; t < steps; ++t) {
+        const int64_t at_gate = t * gate + first * width, at_state = t * state + first * units;
+        RowMatrixMap a(g_data + at_gate, rows, width);
+        a = ConstRowMatrixMap(p_data + at_gate, rows, width);
+        a.noalias() += ConstRowMatrixMap(h_prev, rows, units) * rec;
+        ArrayMap g(g_data + at_gate, rows, width);
+        g.leftCols(2 * units) = g.leftCols(2 * units).logistic();
+        g.middleCols(2 * units, units) = g.middleCols(2 * units, units).tanh();
+        g.rightCols(units) = g.rightCols(units).logistic();
+        ArrayMap c_t(c_data + at_state, rows, units);
+        c_t = g.middleCols(units, units) * ConstArrayMap(c_prev, rows, units) +
+              g.leftCols(units) * g.middleCols(2 * units, units);
+        ArrayMap(h_data + at_state, rows, units) = g.rightCols(units) * c_t.tanh();
+        h_prev = h_data + at_state;
+        c_prev = c_data + at_state;
+      }
+    });
+  }
+};
+
+class LstmBackward : public OpKernel {
+ public:
+  explicit LstmBackward(OpKernelConstruction* context) : OpKernel(context) {}
+
+  void Compute(OpKernelContext* context) override {
+    const Tensor& r = context->input(0);
+    const Tensor& h0 = context->input(1);
+    const Tensor& c0 = context->input(2);
+    const Tensor& h = context->input(3);
+    const Tensor& c = context->input(4);
+    const Tensor& gates = context->input(5);
+    const Tensor& dh_seq = context->input(6);
+    const Tensor& dh_last = context->input(7);
+    const Tensor& dc_last = context->input(8);
+    OP_REQUIRES(context, gates.dims() == 3 && gates.dim_size(2) % 4 == 0,
+                InvalidArgument("gates must have shape [time, batch, 4 * units], got ",
+                                gates.shape().DebugString()));
+    const int64_t steps = gates.dim_size(0), batch = gates.dim_size(1);
+    const int64_t width = gates.dim_size(2), units = width / 4;
+    OP_REQUIRES_OK(context, CheckMatrix(r, "recurrent_kernel", units, width));
+    OP_REQUIRES_OK(context, CheckMatrix(h0, "h0", batch, units));
+    OP_REQUIRES_OK(context, CheckMatrix(c0, "c0", batch, units));
+    OP_REQUIRES_OK(context, CheckSequence(h, "h", steps, batch, units));
+    OP_REQUIRES_OK(context, CheckSequence(c, "c", steps, batch, units));
+    OP_REQUIRES_OK(context, CheckSequence(dh_seq, "dh_seq", steps, batch, units));
+    OP_REQUIRES_OK(context, CheckMatrix(dh_last, "dh_last", batch, units));
+    OP_REQUIRES_OK(context, CheckMatrix(dc_last, "dc_last", batch, units));
+
+    Tensor *dp = nullptr, *dr = nullptr, *dh0 = nullptr, *dc0 = nullptr;
+    OP_REQUIRES_OK(context, context->allocate_output(0, gates.shape(), &dp));
+    OP_REQUIRES_OK(context, context->allocate_output(1, r.shape(), &dr));
+    OP_REQUIRES_OK(context, context->allocate_output(2, h0.shape(), &dh0));
+    OP_REQUIRES_OK(context, context->allocate_output(3, c0.shape(), &dc0));
+    const auto& device = context->eigen_device<Eigen::ThreadPoolDevice>();
+    Matrix d_rec(dr->flat<float>().data(), units, width);
+    if (steps == 0 || batch == 0 || units == 0) {
+      d_rec.device(device) = d_rec.constant(0.0f);
+      ArrayMap(dh0->flat<float>().data(), batch, units) =
+          ConstArrayMap(dh_last.flat<float>().data(), batch, units);
+      ArrayMap(dc0->flat<float>().data(), batch, units) =
+          ConstArrayMap(dc_last.flat<float>().data(), batch, units);
+      return;
+    }
+
+    ConstRowMatrixMap rec(r.flat<float>().data(), units, width);
+    const float* c_data = c.flat<float>().data();
+    const float* g_data = gates.flat<float>().data();
+    const float* dh_data = dh_seq.flat<float>().data();
+    float* da_data = dp->flat<float>().data();
+    const int64_t state = batch * units, gate = batch * width;
+    ForRowBlocks(context, batch, [&](int64_t first, int64_t rows) {
+      Array dh = ConstArrayMap(dh_last.flat<float>().data() + first * units, rows, units);
+      Array dc = ConstArrayMap(dc_last.flat<float>().data() + first * units, rows, units);
+      Array tanh_c(rows, units);
+      for (int64_t t = steps - 1; t >= 0; --t) {
+        const int64_t at_gate = t * gate + first * width, at_state = t * state + first * units;
+        dh += ConstArrayMap(dh_data + at_state, rows, units);
+        ConstArrayMap g(g_data + at_gate, rows, width);
+        const auto i = g.leftCols(units);
+        const auto f = g.middleCols(units, units);
+        const auto z = g.middleCols(2 * units, units);
+        const auto o = g.rightCols(units);
+        const float* c_prev = t > 0 ? c_data + at_state - state
+                                    : c0.flat<float>().data() + first * units;
+        tanh_c = ConstArrayMap(c_data + at_state, rows, units).tanh();
+        dc += dh * o * (1.0f - tanh_c.square());
+        ArrayMap da(da_data + at_gate, rows, width);
+        da.leftCols(units) = dc * z * i * (1.0f - i);
+        da.middleCols(units, units) = dc * ConstArrayMap(c_prev, rows, units) * f * (1.0f - f);
+        da.middleCols(2 * units, units) = dc * i * (1.0f - z.square());
+        da.rightCols(units) = dh * tanh_c * o * (1.0f - o);
+        dc *= f;
+        dh.matrix().noalias() = ConstRowMatrixMap(da_data + at_gate, rows, width) *
+                                rec.transpose();
+      }
+      ArrayMap(dh0->flat<float>().data() + first * units, rows, units) = dh;
+      ArrayMap(dc0->flat<float>().data() + first * units, rows, units) = dc;
+    });
+    // dR = h_{-1}ᵀ da_0 + Σ_{t ≥ 1} h_{t-1}ᵀ da_t, the sum as one (T-1)·B-deep product.
+    d_rec.device(device) = ConstMatrix(h0.flat<float>().data(), batch, units)
+                               .contract(ConstMatrix(da_data, batch, width), kAtB);
+    if (steps > 1) {
+      d_rec.device(device) =
+          d_rec + ConstMatrix(h.flat<float>().data(), (steps - 1) * batch, units)
+                      .contract(ConstMatrix(da_data + gate, (steps - 1) * batch, width), kAtB);
+    }
+  }
+};
+
+}  // namespace
+
+REGISTER_OP("RnnxLstmForward")
+    .Input("p: float")
+    .Input("recurrent_kernel: float")
+    .Input("h0: float")
+    .Input("c0: float")
+    .Output("h: float")
+    .Output("c: float")
+    .Output("gates: float")
+    .SetShapeFn([](tensorflow::shape_inference::InferenceContext* ctx) {
+      tensorflow::shape_inference::ShapeHandle states;
+      TF_RETURN_IF_ERROR(ctx->Concatenate(ctx->Vector(ctx->Dim(ctx->input(0), 0)),
+                                          ctx->input(2), &states));
+      ctx->set_output(0, states);
+      ctx->set_output(1, states);
+      ctx->set_output(2, ctx->input(0));
+      return absl::OkStatus();
+    });
+
+REGISTER_OP("RnnxLstmBackward")
+    .Input("recurrent_kernel: float")
+    .Input("h0: float")
+    .Input("c0: float")
+    .Input("h: float")
+    .Input("c: float")
+    .Input("gates: float")
+    .Input("dh_seq: float")
+    .Input("dh_last: float")
+    .Input("dc_last: float")
+    .Output("dp: float")
+    .Output("d_recurrent_kernel: float")
+    .Output("dh0: float")
+    .Output("dc0: float")
+    .SetShapeFn([](tensorflow::shape_inference::InferenceContext* ctx) {
+      ctx->set_output(0, ctx->input(5));
+      ctx->set_output(1, ctx->input(0));
+      ctx->set_output(2, ctx->input(1));
+      ctx->set_output(3, ctx->input(2));
+      return absl::OkStatus();
+    });
+
+REGISTER_KERNEL_BUILDER(Name("RnnxLstmForward").Device(tensorflow::DEVICE_CPU), LstmForward);
+REGISTER_KERNEL_BUILDER(Name("RnnxLstmBackward").Device(tensorflow::DEVICE_CPU), LstmBackward);
