@@ -8,7 +8,7 @@ Workloads (all on the CPU, float32):
   XLA: its TensorFlow loop) and in `keras.layers.RNN` (Keras's generic loop, XLA),
   `keras.layers.LSTM` in both configurations (the faster one is the baseline),
   `torch.nn.LSTM` (if torch is installed: `pip install torch==2.13.0`), and the other three
-  cells in `keras_rnnx.RNN` (XLA); plus inference (forward only) at batch 1 and 64.
+  cells in `keras_rnnx.RNN` (Keras's default); plus inference (forward only) at batch 1 and 64.
 - W2: the same training step on long sequences, T = 1000, units 256.
 - Roofline: the machine's large-matmul throughput (2048² float32, GFLOP/s), against which the
   cells' achieved GFLOP/s is reported (FLOPs of the matrix products only).
@@ -65,8 +65,8 @@ def keras_workloads(steps, features, units, kinds):
     }
     for kind in kinds:
         if kind != "forget":
-            out[f"rx.RNN({kind}) XLA"] = (keras_model(rx.RNN(rx.CELL_KINDS[kind](units)),
-                                                      steps, features), N_BLOCKS[kind])
+            out[f"rx.RNN({kind})"] = (keras_model(rx.RNN(rx.CELL_KINDS[kind](units)), steps,
+                                                  features, "auto"), N_BLOCKS[kind])
     return out
 
 

@@ -11,7 +11,15 @@ from keras.src import backend as keras_backend
 
 from keras_rnnx import _native, _validation
 from keras_rnnx.cells.base import LectureCell
+from keras_rnnx.cells.cec import CECCell
 from keras_rnnx.cells.forget_gate_lstm import ForgetGateLSTMCell
+from keras_rnnx.cells.original_lstm import OriginalLSTMCell
+from keras_rnnx.cells.vanilla import VanillaRNNCell
+
+# The cells that the compiled kernels implement, by exact type (a subclass may change the
+# equations), and the kernels' name for each.
+_NATIVE_CELLS = {ForgetGateLSTMCell: "forget", OriginalLSTMCell: "original", CECCell: "cec",
+                 VanillaRNNCell: "vanilla"}
 
 
 @keras.saving.register_keras_serializable(package="keras_rnnx")
@@ -22,9 +30,10 @@ class RNN(keras.layers.RNN):
     input projection x_t @ kernel + bias is computed for all t as one large matrix product
     before the recurrence, so each step does a single fused h_{t-1} @ recurrent_kernel and the
     cell's equations; inference keeps the generic loop, which is faster there. On the CPU,
-    without XLA, a `ForgetGateLSTMCell` with tanh/sigmoid activations in float32 trains with
-    compiled kernels for the recurrence and its backward pass (`keras_rnnx._native`, built
-    on first use; `keras_rnnx._native.status()` says whether they are in use). Dropout,
+    without XLA, the four cells with their default tanh/sigmoid activations in float32, without
+    a mask or recurrent dropout, train with compiled kernels for the recurrence and its
+    backward pass (`keras_rnnx._native`, built on first use; `keras_rnnx._native.status()`
+    says whether they are in use). Dropout,
     recurrent dropout, masks, `go_backwards`, `stateful`, `unroll` and `initial_state` behave
     exactly as in `keras.layers.RNN`. In training on a GPU, a `ForgetGateLSTMCell` with
     tanh/sigmoid activations, a bias and no recurrent dropout runs on Keras's cuDNN kernel,
@@ -113,9 +122,11 @@ class RNN(keras.layers.RNN):
     def _native_applies(self, x) -> bool:
         """Whether the compiled CPU kernels can train this layer (graph or eager, not XLA)."""
         cell = self.cell
-        if (keras.backend.backend() != "tensorflow" or type(cell) is not ForgetGateLSTMCell
-                or self.unroll or cell.activation is not keras.activations.tanh
-                or cell.recurrent_activation is not keras.activations.sigmoid
+        kind = _NATIVE_CELLS.get(type(cell))
+        if (kind is None or keras.backend.backend() != "tensorflow" or self.unroll
+                or cell.activation is not keras.activations.tanh
+                or getattr(cell, "recurrent_activation", keras.activations.sigmoid)
+                is not keras.activations.sigmoid
                 or keras.backend.standardize_dtype(x.dtype) != "float32"
                 or cell.recurrent_kernel.dtype != "float32"):
             return False
@@ -133,13 +144,16 @@ class RNN(keras.layers.RNN):
     def _native_loop(self, module, projected, recurrent_kernel, initial_state):
         import tensorflow as tf
 
+        kind = _NATIVE_CELLS[type(self.cell)]
         if self.go_backwards:
             projected = tf.reverse(projected, [0])
-        h_seq, h_last, c_last = _native_lstm(module, projected, recurrent_kernel,
-                                             initial_state[0], initial_state[1])
+        h0 = initial_state[0]
+        # The vanilla cell has one state; the kernels carry a second one that it ignores.
+        c0 = initial_state[1] if len(initial_state) > 1 else tf.zeros_like(h0)
+        h_seq, h_last, c_last = _native_cell(module, kind, projected, recurrent_kernel, h0, c0)
         outputs = (tf.transpose(h_seq, (1, 0, 2)) if self.return_sequences
                    else h_last[:, None, :])
-        return h_last, outputs, [h_last, c_last]
+        return h_last, outputs, [h_last, c_last][: len(initial_state)]
 
     def _cudnn_loop(self, x, initial_state, mask):
         """Keras's fused LSTM kernel; raises NotImplementedError where it cannot run."""
@@ -181,8 +195,8 @@ def _project(cell, x):
     return ops.reshape(projected, (steps, -1, ops.shape(kernel)[1]))
 
 
-def _native_lstm(module, projected, recurrent_kernel, h0, c0):
-    """The forget-gate LSTM's loop in the compiled kernels, with their backward pass.
+def _native_cell(module, kind, projected, recurrent_kernel, h0, c0):
+    """A lecture cell's loop in the compiled kernels, with their backward pass.
 
     Returns (h for every step, time-major; h_T; c_T).
     """
@@ -190,14 +204,14 @@ def _native_lstm(module, projected, recurrent_kernel, h0, c0):
 
     @tf.custom_gradient
     def run(projected, recurrent_kernel, h0, c0):
-        h, c, gates = module.rnnx_lstm_forward(projected, recurrent_kernel, h0, c0)
+        h, c, gates = module.rnnx_cell_forward(projected, recurrent_kernel, h0, c0, cell=kind)
 
         def grad(dh_seq, dh_last, dc_last):
             dh_seq = tf.zeros_like(h) if dh_seq is None else dh_seq
             dh_last = tf.zeros_like(h0) if dh_last is None else dh_last
             dc_last = tf.zeros_like(c0) if dc_last is None else dc_last
-            return module.rnnx_lstm_backward(recurrent_kernel, h0, c0, h, c, gates, dh_seq,
-                                             dh_last, dc_last)
+            return module.rnnx_cell_backward(recurrent_kernel, h0, c0, h, c, gates, dh_seq,
+                                             dh_last, dc_last, cell=kind)
 
         return (h, h[-1], c[-1]), grad
 

@@ -1,7 +1,8 @@
 """The compiled CPU kernels of `keras_rnnx.RNN`'s training path, built on first use.
 
-`lstm_kernels.cc` holds the forget-gate LSTM's recurrence as two TensorFlow ops. The first time
-`keras_rnnx.RNN` trains a `ForgetGateLSTMCell` on the CPU (without XLA), this module compiles it
+`cell_kernels.cc` holds the lecture cells' recurrence (forward, and backward through time) as
+two TensorFlow ops. The first time `keras_rnnx.RNN` trains one of the four cells on the CPU
+(without XLA), this module compiles it
 against the installed TensorFlow with the system's C++ compiler (about half a minute, once per
 machine, TensorFlow version and source) into a cache directory, then loads it with
 `tf.load_op_library`. Where that cannot be done — no compiler, a failed build, or
@@ -28,7 +29,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-SOURCE = Path(__file__).with_name("lstm_kernels.cc")
+SOURCE = Path(__file__).with_name("cell_kernels.cc")
 _COMPILE_TIMEOUT_S = 600
 _lock = threading.Lock()
 _state: dict = {"loaded": False, "module": None, "status": "not loaded yet"}
@@ -40,7 +41,7 @@ def status() -> str:
 
 
 def load():
-    """The loaded op module (`rnnx_lstm_forward`, `rnnx_lstm_backward`), or None."""
+    """The loaded op module (`rnnx_cell_forward`, `rnnx_cell_backward`), or None."""
     if _state["loaded"]:
         return _state["module"]
     with _lock:
@@ -60,8 +61,8 @@ class _Unavailable(Exception):
 
 class _Module:
     def __init__(self, ops, path: Path):
-        self.rnnx_lstm_forward = ops.rnnx_lstm_forward
-        self.rnnx_lstm_backward = ops.rnnx_lstm_backward
+        self.rnnx_cell_forward = ops.rnnx_cell_forward
+        self.rnnx_cell_backward = ops.rnnx_cell_backward
         self.path = path
 
 
@@ -106,7 +107,7 @@ def _load():
         key.update(part)
         key.update(b"\0")
     cache = _cache_dir()
-    target = cache / f"lstm_kernels-{key.hexdigest()[:16]}.so"
+    target = cache / f"cell_kernels-{key.hexdigest()[:16]}.so"
     if not target.exists():
         _compile(compiler, flags, link, cache, target)
     try:
@@ -124,7 +125,8 @@ def _compile(compiler: str, flags: list[str], link: list[str], cache: Path, targ
     with _file_lock(cache / (target.name + ".lock")):
         if target.exists():  # built by another process while this one waited
             return
-        print(f"keras_rnnx: compiling the CPU LSTM kernels into {cache} (once; about 30 s)",
+        print(f"keras_rnnx: compiling the CPU kernels of rx.RNN into {cache} (once; about a "
+              f"minute)",
               file=sys.stderr, flush=True)
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)
         os.close(fd)

@@ -1,12 +1,14 @@
-// The forget-gate LSTM's recurrence as two TensorFlow CPU kernels, used by `keras_rnnx.RNN`
-// in training (see keras_rnnx/_native/__init__.py, which compiles this file on first use).
+// The lecture cells' recurrence as two TensorFlow CPU kernels, used by `keras_rnnx.RNN` in
+// training (see keras_rnnx/_native/__init__.py, which compiles this file on first use).
 //
-// Gate order and equations are ForgetGateLSTMCell's (the columns of the kernels):
-//   a_t = p_t + h_{t-1} R,  [i f z o] = [σ σ tanh σ](a_t),
-//   c_t = f c_{t-1} + i z,  h_t = o tanh(c_t),
-// where p_t = x_t W + b is computed for all t by TensorFlow before the loop.
+// With a_t = p_t + h_{t-1} R, where p_t = x_t W + b is computed for all t by TensorFlow before
+// the loop, and the blocks of a_t in the cells' column order (attribute `cell`):
+//   "forget":   [i f z o] = [σ σ tanh σ](a_t),  c_t = f c_{t-1} + i z,  h_t = o tanh(c_t)
+//   "original": [i z o]   = [σ tanh σ](a_t),    c_t = c_{t-1} + i z,    h_t = o tanh(c_t)
+//   "cec":      z = tanh(a_t),                  c_t = c_{t-1} + z,      h_t = tanh(c_t)
+//   "vanilla":  h_t = tanh(a_t)                 (c_t is h_t: the cell has one state)
 //
-// RnnxLstmForward runs the loop once and keeps the gate activations; RnnxLstmBackward runs
+// RnnxCellForward runs the loop once and keeps the block activations; RnnxCellBackward runs
 // it backwards from them: per step only the elementwise derivatives and dh_{t-1} = da_t Rᵀ,
 // then dR = Σ_t h_{t-1}ᵀ da_t as one large product. The recurrence of each sample is
 // independent of the others, so the batch is split into row blocks that TensorFlow's intra-op
@@ -15,6 +17,7 @@
 
 #define EIGEN_USE_THREADS
 #include <algorithm>
+#include <string>
 
 #include <Eigen/Core>
 
@@ -79,20 +82,44 @@ tensorflow::Status CheckSequence(const Tensor& t, const char* name, int64_t step
   return absl::OkStatus();
 }
 
-class LstmForward : public OpKernel {
+enum class Cell { kForget, kOriginal, kCec, kVanilla };
+
+int Blocks(Cell cell) {
+  switch (cell) {
+    case Cell::kForget: return 4;
+    case Cell::kOriginal: return 3;
+    default: return 1;
+  }
+}
+
+tensorflow::Status ParseCell(OpKernelConstruction* context, Cell* cell) {
+  std::string name;
+  TF_RETURN_IF_ERROR(context->GetAttr("cell", &name));
+  if (name == "forget") *cell = Cell::kForget;
+  else if (name == "original") *cell = Cell::kOriginal;
+  else if (name == "cec") *cell = Cell::kCec;
+  else if (name == "vanilla") *cell = Cell::kVanilla;
+  else return InvalidArgument("unknown cell ", name);
+  return absl::OkStatus();
+}
+
+class CellForward : public OpKernel {
  public:
-  explicit LstmForward(OpKernelConstruction* context) : OpKernel(context) {}
+  explicit CellForward(OpKernelConstruction* context) : OpKernel(context) {
+    OP_REQUIRES_OK(context, ParseCell(context, &cell_));
+  }
 
   void Compute(OpKernelContext* context) override {
     const Tensor& p = context->input(0);
     const Tensor& r = context->input(1);
     const Tensor& h0 = context->input(2);
     const Tensor& c0 = context->input(3);
-    OP_REQUIRES(context, p.dims() == 3 && p.dim_size(2) % 4 == 0,
-                InvalidArgument("p must have shape [time, batch, 4 * units], got ",
+    const int blocks = Blocks(cell_);
+    OP_REQUIRES(context, p.dims() == 3 && p.dim_size(2) % blocks == 0,
+                InvalidArgument("p must have shape [time, batch, ", blocks, " * units], got ",
                                 p.shape().DebugString()));
     const int64_t steps = p.dim_size(0), batch = p.dim_size(1), width = p.dim_size(2);
-    const int64_t units = width / 4;
+    const int64_t units = width / blocks;
     OP_REQUIRES_OK(context, CheckMatrix(r, "recurrent_kernel", units, width));
     OP_REQUIRES_OK(context, CheckMatrix(h0, "h0", batch, units));
     OP_REQUIRES_OK(context, CheckMatrix(c0, "c0", batch, units));
@@ -119,23 +146,50 @@ class LstmForward : public OpKernel {
         a = ConstRowMatrixMap(p_data + at_gate, rows, width);
         a.noalias() += ConstRowMatrixMap(h_prev, rows, units) * rec;
         ArrayMap g(g_data + at_gate, rows, width);
-        g.leftCols(2 * units) = g.leftCols(2 * units).logistic();
-        g.middleCols(2 * units, units) = g.middleCols(2 * units, units).tanh();
-        g.rightCols(units) = g.rightCols(units).logistic();
-        ArrayMap c_t(c_data + at_state, rows, units);
-        c_t = g.middleCols(units, units) * ConstArrayMap(c_prev, rows, units) +
-              g.leftCols(units) * g.middleCols(2 * units, units);
-        ArrayMap(h_data + at_state, rows, units) = g.rightCols(units) * c_t.tanh();
+        ArrayMap c_t(c_data + at_state, rows, units), h_t(h_data + at_state, rows, units);
+        const ConstArrayMap c_before(c_prev, rows, units);
+        switch (cell_) {
+          case Cell::kForget:
+            g.leftCols(2 * units) = g.leftCols(2 * units).logistic();
+            g.middleCols(2 * units, units) = g.middleCols(2 * units, units).tanh();
+            g.rightCols(units) = g.rightCols(units).logistic();
+            c_t = g.middleCols(units, units) * c_before +
+                  g.leftCols(units) * g.middleCols(2 * units, units);
+            h_t = g.rightCols(units) * c_t.tanh();
+            break;
+          case Cell::kOriginal:
+            g.leftCols(units) = g.leftCols(units).logistic();
+            g.middleCols(units, units) = g.middleCols(units, units).tanh();
+            g.rightCols(units) = g.rightCols(units).logistic();
+            c_t = c_before + g.leftCols(units) * g.middleCols(units, units);
+            h_t = g.rightCols(units) * c_t.tanh();
+            break;
+          case Cell::kCec:
+            g = g.tanh();
+            c_t = c_before + g;
+            h_t = c_t.tanh();
+            break;
+          case Cell::kVanilla:
+            g = g.tanh();
+            h_t = g;
+            c_t = g;
+            break;
+        }
         h_prev = h_data + at_state;
         c_prev = c_data + at_state;
       }
     });
   }
+
+ private:
+  Cell cell_;
 };
 
-class LstmBackward : public OpKernel {
+class CellBackward : public OpKernel {
  public:
-  explicit LstmBackward(OpKernelConstruction* context) : OpKernel(context) {}
+  explicit CellBackward(OpKernelConstruction* context) : OpKernel(context) {
+    OP_REQUIRES_OK(context, ParseCell(context, &cell_));
+  }
 
   void Compute(OpKernelContext* context) override {
     const Tensor& r = context->input(0);
@@ -147,11 +201,12 @@ class LstmBackward : public OpKernel {
     const Tensor& dh_seq = context->input(6);
     const Tensor& dh_last = context->input(7);
     const Tensor& dc_last = context->input(8);
-    OP_REQUIRES(context, gates.dims() == 3 && gates.dim_size(2) % 4 == 0,
-                InvalidArgument("gates must have shape [time, batch, 4 * units], got ",
-                                gates.shape().DebugString()));
+    const int blocks = Blocks(cell_);
+    OP_REQUIRES(context, gates.dims() == 3 && gates.dim_size(2) % blocks == 0,
+                InvalidArgument("gates must have shape [time, batch, ", blocks,
+                                " * units], got ", gates.shape().DebugString()));
     const int64_t steps = gates.dim_size(0), batch = gates.dim_size(1);
-    const int64_t width = gates.dim_size(2), units = width / 4;
+    const int64_t width = gates.dim_size(2), units = width / blocks;
     OP_REQUIRES_OK(context, CheckMatrix(r, "recurrent_kernel", units, width));
     OP_REQUIRES_OK(context, CheckMatrix(h0, "h0", batch, units));
     OP_REQUIRES_OK(context, CheckMatrix(c0, "c0", batch, units));
@@ -191,20 +246,45 @@ class LstmBackward : public OpKernel {
         const int64_t at_gate = t * gate + first * width, at_state = t * state + first * units;
         dh += ConstArrayMap(dh_data + at_state, rows, units);
         ConstArrayMap g(g_data + at_gate, rows, width);
-        const auto i = g.leftCols(units);
-        const auto f = g.middleCols(units, units);
-        const auto z = g.middleCols(2 * units, units);
-        const auto o = g.rightCols(units);
+        ArrayMap da(da_data + at_gate, rows, width);
         const float* c_prev = t > 0 ? c_data + at_state - state
                                     : c0.flat<float>().data() + first * units;
-        tanh_c = ConstArrayMap(c_data + at_state, rows, units).tanh();
-        dc += dh * o * (1.0f - tanh_c.square());
-        ArrayMap da(da_data + at_gate, rows, width);
-        da.leftCols(units) = dc * z * i * (1.0f - i);
-        da.middleCols(units, units) = dc * ConstArrayMap(c_prev, rows, units) * f * (1.0f - f);
-        da.middleCols(2 * units, units) = dc * i * (1.0f - z.square());
-        da.rightCols(units) = dh * tanh_c * o * (1.0f - o);
-        dc *= f;
+        if (cell_ != Cell::kVanilla) {
+          tanh_c = ConstArrayMap(c_data + at_state, rows, units).tanh();
+        }
+        switch (cell_) {
+          case Cell::kForget: {
+            const auto i = g.leftCols(units);
+            const auto f = g.middleCols(units, units);
+            const auto z = g.middleCols(2 * units, units);
+            const auto o = g.rightCols(units);
+            dc += dh * o * (1.0f - tanh_c.square());
+            da.leftCols(units) = dc * z * i * (1.0f - i);
+            da.middleCols(units, units) =
+                dc * ConstArrayMap(c_prev, rows, units) * f * (1.0f - f);
+            da.middleCols(2 * units, units) = dc * i * (1.0f - z.square());
+            da.rightCols(units) = dh * tanh_c * o * (1.0f - o);
+            dc *= f;
+            break;
+          }
+          case Cell::kOriginal: {
+            const auto i = g.leftCols(units);
+            const auto z = g.middleCols(units, units);
+            const auto o = g.rightCols(units);
+            dc += dh * o * (1.0f - tanh_c.square());
+            da.leftCols(units) = dc * z * i * (1.0f - i);
+            da.middleCols(units, units) = dc * i * (1.0f - z.square());
+            da.rightCols(units) = dh * tanh_c * o * (1.0f - o);
+            break;  // ∂c_t/∂c_{t-1} = 1
+          }
+          case Cell::kCec:
+            dc += dh * (1.0f - tanh_c.square());
+            da = dc * (1.0f - g.square());
+            break;  // ∂c_t/∂c_{t-1} = 1
+          case Cell::kVanilla:
+            da = dh * (1.0f - g.square());
+            break;
+        }
         dh.matrix().noalias() = ConstRowMatrixMap(da_data + at_gate, rows, width) *
                                 rec.transpose();
       }
@@ -220,11 +300,15 @@ class LstmBackward : public OpKernel {
                       .contract(ConstMatrix(da_data + gate, (steps - 1) * batch, width), kAtB);
     }
   }
+
+ private:
+  Cell cell_;
 };
 
 }  // namespace
 
-REGISTER_OP("RnnxLstmForward")
+REGISTER_OP("RnnxCellForward")
+    .Attr("cell: {'forget', 'original', 'cec', 'vanilla'}")
     .Input("p: float")
     .Input("recurrent_kernel: float")
     .Input("h0: float")
@@ -242,7 +326,8 @@ REGISTER_OP("RnnxLstmForward")
       return absl::OkStatus();
     });
 
-REGISTER_OP("RnnxLstmBackward")
+REGISTER_OP("RnnxCellBackward")
+    .Attr("cell: {'forget', 'original', 'cec', 'vanilla'}")
     .Input("recurrent_kernel: float")
     .Input("h0: float")
     .Input("c0: float")
@@ -264,5 +349,5 @@ REGISTER_OP("RnnxLstmBackward")
       return absl::OkStatus();
     });
 
-REGISTER_KERNEL_BUILDER(Name("RnnxLstmForward").Device(tensorflow::DEVICE_CPU), LstmForward);
-REGISTER_KERNEL_BUILDER(Name("RnnxLstmBackward").Device(tensorflow::DEVICE_CPU), LstmBackward);
+REGISTER_KERNEL_BUILDER(Name("RnnxCellForward").Device(tensorflow::DEVICE_CPU), CellForward);
+REGISTER_KERNEL_BUILDER(Name("RnnxCellBackward").Device(tensorflow::DEVICE_CPU), CellBackward);
