@@ -79,7 +79,10 @@ class RNN(keras.layers.RNN):
             return super().inner_loop(sequences, initial_state, mask, training=training)
         if isinstance(mask, (list, tuple)):
             mask = mask[0]
-        x = sequences
+        # As the cell's own call would (Keras autocasts a layer's inputs to its compute
+        # dtype): the RNN layer and its cell may have different dtype policies.
+        x = ops.cast(sequences, cell.compute_dtype)
+        initial_state = [ops.cast(s, cell.compute_dtype) for s in initial_state]
         if training and cell.dropout > 0.0:
             x = x * ops.expand_dims(cell.get_dropout_mask(sequences[:, 0, :]), axis=1)
         recurrent_mask = None
@@ -94,7 +97,7 @@ class RNN(keras.layers.RNN):
 
         projected = _project(cell, x)
         recurrent_kernel = ops.cast(cell.recurrent_kernel, x.dtype)
-        if mask is None and recurrent_mask is None and self._native_applies(x):
+        if mask is None and recurrent_mask is None and self._native_applies(x, initial_state):
             module = _native.load()
             if module is not None:
                 return self._native_loop(module, projected, recurrent_kernel, initial_state)
@@ -119,7 +122,7 @@ class RNN(keras.layers.RNN):
         )
         return last_output, ops.transpose(outputs, (1, 0, 2)), states
 
-    def _native_applies(self, x) -> bool:
+    def _native_applies(self, x, initial_state) -> bool:
         """Whether the compiled CPU kernels can train this layer (graph or eager, not XLA)."""
         cell = self.cell
         kind = _NATIVE_CELLS.get(type(cell))
@@ -127,8 +130,9 @@ class RNN(keras.layers.RNN):
                 or cell.activation is not keras.activations.tanh
                 or getattr(cell, "recurrent_activation", keras.activations.sigmoid)
                 is not keras.activations.sigmoid
-                or keras.backend.standardize_dtype(x.dtype) != "float32"
-                or cell.recurrent_kernel.dtype != "float32"):
+                or any(keras.backend.standardize_dtype(t.dtype) != "float32"
+                       for t in [x, *initial_state])
+                or cell.compute_dtype != "float32" or cell.recurrent_kernel.dtype != "float32"):
             return False
         import tensorflow as tf
 
