@@ -84,7 +84,7 @@ class RNN(keras.layers.RNN):
         x = ops.cast(sequences, cell.compute_dtype)
         initial_state = [ops.cast(s, cell.compute_dtype) for s in initial_state]
         if training and cell.dropout > 0.0:
-            x = x * ops.expand_dims(cell.get_dropout_mask(sequences[:, 0, :]), axis=1)
+            x = x * ops.expand_dims(cell.get_dropout_mask(x[:, 0, :]), axis=1)
         recurrent_mask = None
         if training and cell.recurrent_dropout > 0.0:
             recurrent_mask = cell.get_recurrent_dropout_mask(initial_state[0])
