@@ -32,7 +32,8 @@ from pathlib import Path
 SOURCE = Path(__file__).with_name("cell_kernels.cc")
 _COMPILE_TIMEOUT_S = 600
 _lock = threading.Lock()
-_state: dict = {"loaded": False, "module": None, "status": "not loaded yet"}
+_state: dict = {"loaded": False, "module": None,
+                "status": "not tried yet (rx.RNN loads them the first time it trains)"}
 
 
 def status() -> str:
@@ -51,6 +52,8 @@ def load():
                 _state["status"] = f"in use ({_state['module'].path})"
             except _Unavailable as reason:
                 _state["status"] = f"not in use: {reason}"
+            except Exception as error:  # noqa: BLE001 - any failure means: the TensorFlow loop
+                _state["status"] = f"not in use: {type(error).__name__}: {error}"
             _state["loaded"] = True
     return _state["module"]
 
