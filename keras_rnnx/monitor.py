@@ -33,6 +33,8 @@ BULKY_KINDS = frozenset({"h", "c", "grad_h", "i", "f", "z", "o", "u", "r", "n"})
 _BOUNDS = {"tanh": [-1.0, 1.0], "sigmoid": [0.0, 1.0], "hard_sigmoid": [0.0, 1.0],
            "softsign": [-1.0, 1.0]}
 _STOP = object()
+# The part of the "auto" budget reserved for probes that compute the Jacobian norms.
+_JACOBIAN_SHARE = 0.25
 
 
 class _Writer:
@@ -187,8 +189,8 @@ class RNNMonitor(keras.callbacks.Callback):
             big ones.
         layers: probe only these layer keys (see `probe`); default all.
         jacobian: record the per-step Jacobian norms (the most expensive field); with
-            `every="auto"` they are computed within half of the budget, so the probes
-            between two such ones record every other field.
+            `every="auto"` they get a quarter of the budget, and the probes between two
+            such ones record every other field.
         tokens: labels for the time axis: a list of T strings, or one such list per probe
             sample.
         overhead_budget: the fraction of training time "auto" may spend (0.02).
@@ -436,8 +438,10 @@ class RNNMonitor(keras.callbacks.Callback):
         the per-batch logging included, and the CPU time of its writer thread) plus the
         expected cost of this probe (the running mean of the last ones). Training time is the
         wall time of this `fit` less the hooks. The Jacobian norms, by far the most expensive
-        field, are computed in at most half of the budget; the other probes record every
-        other field. Calls that traced a probe's graph (once per model and input shape) count
+        field, get a quarter of the budget: a probe computes them when that share has room
+        for one, and the probes in between (which record every other field) leave it free.
+        A call that traced a probe's graph is followed by a second one, which is recorded and
+        measured. Calls that traced a probe's graph (once per model and input shape) count
         as neither training nor cost.
         """
         if isinstance(self.every, int):
@@ -445,11 +449,16 @@ class RNNMonitor(keras.callbacks.Callback):
         training = time.perf_counter() - self._clock - self._spent
         allowance = self.overhead_budget * training
         spent = self._monitor_seconds()
+        reserve = 0.0
         if self.jacobian:
             full = self._probe_cost[True] or 0.0
-            if self._jacobian_spent + full <= allowance / 2 and spent + full <= allowance:
+            room = allowance * _JACOBIAN_SHARE - self._jacobian_spent  # left of its share
+            if full <= room and spent + full <= allowance:
                 return True
-        return False if spent + (self._probe_cost[False] or 0.0) <= allowance else None
+            # The other probes leave the Jacobian's unused share free, up to one probe's cost.
+            reserve = min(full, max(0.0, room))
+        light = self._probe_cost[False] or 0.0
+        return False if spent + light + reserve <= allowance else None
 
     def _probe_now(self, full: bool):
         probe = self._probes.get(full)
@@ -458,6 +467,28 @@ class RNNMonitor(keras.callbacks.Callback):
 
             probe = self._probes[full] = diagnostics.get_probe(
                 self.model, layers=self.layers, jacobian=full)
+        trace, seconds, traced = self._call_probe(probe)
+        if traced and trace is not None and not isinstance(self.every, int):
+            # That call traced the probe's graph, which is neither training nor the monitor's
+            # running cost; "auto" needs the cost, so it probes once more (and records that).
+            self._clock += seconds
+            self._traced += seconds
+            trace, seconds, traced = self._call_probe(probe)
+        self.probe_count += 1
+        self.probe_seconds += seconds
+        self._probe_steps.append(self._step)
+        if not traced:
+            cost = self._probe_cost[full]
+            self._probe_cost[full] = seconds if cost is None else 0.7 * cost + 0.3 * seconds
+            if full:
+                self._jacobian_spent += seconds
+        else:
+            self._clock += seconds
+            self._traced += seconds
+        return trace
+
+    def _call_probe(self, probe):
+        """(trace or None if the probe failed, seconds, whether the call traced)."""
         start = time.perf_counter()
         traces_before = probe.trace_count
         try:
@@ -466,25 +497,12 @@ class RNNMonitor(keras.callbacks.Callback):
             trace = None
             if not self._probe_failed:
                 warnings.warn(f"RNNMonitor: the probe failed ({type(error).__name__}: "
-                              f"{error}); training goes on.", RuntimeWarning, stacklevel=3)
+                              f"{error}); training goes on.", RuntimeWarning, stacklevel=4)
             self._probe_failed = True
             self._writer.put("write_event", "probe_error",
                              {"error": f"{type(error).__name__}: {error}"},
                              step=self._step)
-        seconds = time.perf_counter() - start
-        self.probe_count += 1
-        self.probe_seconds += seconds
-        self._probe_steps.append(self._step)
-        if probe.trace_count == traces_before:
-            cost = self._probe_cost[full]
-            self._probe_cost[full] = seconds if cost is None else 0.7 * cost + 0.3 * seconds
-            if full:
-                self._jacobian_spent += seconds
-        else:
-            # Tracing is neither training nor the monitor's running cost.
-            self._clock += seconds
-            self._traced += seconds
-        return trace
+        return trace, time.perf_counter() - start, probe.trace_count != traces_before
 
     def _record(self, step: int, trace) -> None:
         writer = self._writer
