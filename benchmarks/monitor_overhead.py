@@ -145,7 +145,7 @@ def main(argv=None):
             line = f"  {arm:<9} {seconds:.2f} s"
             if monitor is not None:
                 line += (f", of which {monitor.probe_count} probes {monitor.probe_seconds:.2f} s "
-                         f"(the first one traces the probe)")
+                         f"(not counting the calls that traced the probe)")
             print(line, flush=True)
 
         print(f"\ntimed fits ({steps} steps each), wall s:")
