@@ -440,9 +440,8 @@ class RNNMonitor(keras.callbacks.Callback):
         wall time of this `fit` less the hooks. The Jacobian norms, by far the most expensive
         field, get a quarter of the budget: a probe computes them when that share has room
         for one, and the probes in between (which record every other field) leave it free.
-        A call that traced a probe's graph is followed by a second one, which is recorded and
-        measured. Calls that traced a probe's graph (once per model and input shape) count
-        as neither training nor cost.
+        A call that traced a probe's graph (once per model and input shape) counts as neither
+        training nor cost; a second call follows it, recorded and measured.
         """
         if isinstance(self.every, int):
             return self.jacobian

@@ -97,10 +97,12 @@ class RNN(keras.layers.RNN):
 
         projected = _project(cell, x)
         recurrent_kernel = ops.cast(cell.recurrent_kernel, x.dtype)
-        if mask is None and recurrent_mask is None and self._native_applies(x, initial_state):
+        kind = self._native_kind() if mask is None and recurrent_mask is None else None
+        if kind is not None:
             module = _native.load()
             if module is not None:
-                return self._native_loop(module, projected, recurrent_kernel, initial_state)
+                return self._native_loop(module, kind, projected, recurrent_kernel,
+                                         initial_state)
 
         def step(projected_t, states):
             h_prev = states[0] if recurrent_mask is None else states[0] * recurrent_mask
@@ -122,33 +124,31 @@ class RNN(keras.layers.RNN):
         )
         return last_output, ops.transpose(outputs, (1, 0, 2)), states
 
-    def _native_applies(self, x, initial_state) -> bool:
-        """Whether the compiled CPU kernels can train this layer (graph or eager, not XLA)."""
+    def _native_kind(self) -> str | None:
+        """The compiled kernels' name for this layer's cell, or None where they cannot train it
+        (inputs and states are in the cell's compute dtype by now; graph or eager, not XLA)."""
         cell = self.cell
         kind = _NATIVE_CELLS.get(type(cell))
         if (kind is None or keras.backend.backend() != "tensorflow" or self.unroll
                 or cell.activation is not keras.activations.tanh
                 or getattr(cell, "recurrent_activation", keras.activations.sigmoid)
                 is not keras.activations.sigmoid
-                or any(keras.backend.standardize_dtype(t.dtype) != "float32"
-                       for t in [x, *initial_state])
                 or cell.compute_dtype != "float32" or cell.recurrent_kernel.dtype != "float32"):
-            return False
+            return None
         import tensorflow as tf
 
         if tf.config.list_logical_devices("GPU"):
-            return False
+            return None
         try:
             from tensorflow.python.ops import control_flow_util
         except ImportError:  # cannot tell whether XLA compiles this graph: stay on the safe side
-            return False
-        return not control_flow_util.GraphOrParentsInXlaContext(
-            tf.compat.v1.get_default_graph())
+            return None
+        in_xla = control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
+        return None if in_xla else kind
 
-    def _native_loop(self, module, projected, recurrent_kernel, initial_state):
+    def _native_loop(self, module, kind, projected, recurrent_kernel, initial_state):
         import tensorflow as tf
 
-        kind = _NATIVE_CELLS[type(self.cell)]
         if self.go_backwards:
             projected = tf.reverse(projected, [0])
         h0 = initial_state[0]

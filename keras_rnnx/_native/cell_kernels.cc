@@ -103,11 +103,20 @@ tensorflow::Status ParseCell(OpKernelConstruction* context, Cell* cell) {
   return absl::OkStatus();
 }
 
-class CellForward : public OpKernel {
+// Both kernels: an OpKernel that knows its cell from the `cell` attribute.
+class CellKernel : public OpKernel {
  public:
-  explicit CellForward(OpKernelConstruction* context) : OpKernel(context) {
+  explicit CellKernel(OpKernelConstruction* context) : OpKernel(context) {
     OP_REQUIRES_OK(context, ParseCell(context, &cell_));
   }
+
+ protected:
+  Cell cell_;
+};
+
+class CellForward : public CellKernel {
+ public:
+  using CellKernel::CellKernel;
 
   void Compute(OpKernelContext* context) override {
     const Tensor& p = context->input(0);
@@ -180,16 +189,11 @@ class CellForward : public OpKernel {
       }
     });
   }
-
- private:
-  Cell cell_;
 };
 
-class CellBackward : public OpKernel {
+class CellBackward : public CellKernel {
  public:
-  explicit CellBackward(OpKernelConstruction* context) : OpKernel(context) {
-    OP_REQUIRES_OK(context, ParseCell(context, &cell_));
-  }
+  using CellKernel::CellKernel;
 
   void Compute(OpKernelContext* context) override {
     const Tensor& r = context->input(0);
@@ -300,9 +304,6 @@ class CellBackward : public OpKernel {
                       .contract(ConstMatrix(da_data + gate, (steps - 1) * batch, width), kAtB);
     }
   }
-
- private:
-  Cell cell_;
 };
 
 }  // namespace
