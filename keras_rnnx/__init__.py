@@ -1,7 +1,8 @@
 """keras-rnnx: the recurrent cells of the RNN & LSTM lecture for Keras 3, and tools to watch them.
 
 `import keras_rnnx as rx` gives the cells (`rx.VanillaRNNCell`, `rx.CECCell`,
-`rx.OriginalLSTMCell`, `rx.ForgetGateLSTMCell`) and `rx.RNN`. This module itself imports
+`rx.OriginalLSTMCell`, `rx.ForgetGateLSTMCell`), the LSTM variants (`rx.PeepholeLSTMCell`,
+`rx.LSTMVariantCell(units, variant=...)`) and `rx.RNN`. This module itself imports
 neither Keras nor TensorFlow, so that NumPy-only parts of the package load without them: the
 names above are resolved on first access. The cells still register with Keras's serializer
 as soon as Keras is imported, before or after this package, so a `.keras` file that uses
@@ -22,6 +23,9 @@ _LAZY = {
     "CECCell": "keras_rnnx.cells",
     "OriginalLSTMCell": "keras_rnnx.cells",
     "ForgetGateLSTMCell": "keras_rnnx.cells",
+    "LSTMVariantCell": "keras_rnnx.cells",
+    "PeepholeLSTMCell": "keras_rnnx.cells",
+    "VARIANTS": "keras_rnnx.cells",
     "CELL_KINDS": "keras_rnnx.cells",
     "RNN": "keras_rnnx.rnn",
 }

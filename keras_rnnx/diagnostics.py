@@ -42,8 +42,12 @@ What is read: the four lecture cells (`keras_rnnx.cells`) and Keras's `SimpleRNN
 `LSTMCell` and `GRUCell` (so `keras.layers.SimpleRNN`, `LSTM` and `GRU`). Gate names:
 vanilla and SimpleRNN `()`; CEC `("z",)`; original `("i", "z", "o")`; forget-gate and Keras
 LSTM `("i", "f", "z", "o")` (Keras calls the z block "c"); GRU `("u", "r", "n")` for the update
-gate σ, the reset gate σ and the candidate tanh (Keras's z, r, hh). RNN layers with other cells
-are run as usual and left out of the trace.
+gate σ, the reset gate σ and the candidate tanh (Keras's z, r, hh). The LSTM variants
+(`LSTMVariantCell`, kind `"LSTM-<variant>"`): their blocks (NIG `("f", "z", "o")`, NFG
+`("i", "z", "o")`, NOG `("i", "f", "z")`, the others `("i", "f", "z", "o")`), except CIFG,
+which also reports its derived f = 1 − i: `("i", "f", "z", "o")`; FGR's states are
+`("h", "c", "g")`, and its Jacobian is that of the full state [h | c | g]. RNN layers with other
+cells are run as usual and left out of the trace.
 
 The probe changes no weight, optimizer slot, metric or RNG state, and reads (does not advance)
 the states of stateful layers. It is TensorFlow-only.
@@ -78,6 +82,9 @@ _GAMMA = {
 }
 
 _PATCH_LOCK = threading.RLock()
+
+_PEEPHOLE_GATE = {"i": "input", "f": "forget", "o": "output"}
+_PEEPHOLE_GATE_OF = {f"{v}_gate_peephole_weights": k for k, v in _PEEPHOLE_GATE.items()}
 
 
 def _activation_name(fn) -> str:
@@ -116,6 +123,11 @@ class _CellReader:
         acts = self.block_activations()
         return {name: acts[name] for name in self.gate_names}
 
+    def weight_blocks(self, name: str) -> tuple[str, ...]:
+        """The blocks of weight `name` whose gradient norms are reported: the kernels' and
+        the bias's column blocks by default."""
+        return self.block_names
+
 
 class _LectureReader(_CellReader):
     def __init__(self, cell: LectureCell):
@@ -123,17 +135,44 @@ class _LectureReader(_CellReader):
         kinds = [k for k, cls in CELL_KINDS.items() if type(cell) is cls]
         kinds += [k for k, cls in CELL_KINDS.items() if isinstance(cell, cls)]
         self.kind = kinds[0] if kinds else type(cell).__name__
+        variant = getattr(cell, "variant", None)
+        if variant is not None:
+            self.kind = f"LSTM-{variant}"
         self.state_names = tuple(cell.state_names)
         self.block_names = tuple(cell.block_names)
-        self.gate_names = () if len(self.state_names) == 1 else self.block_names
+        # A cell may report a gate that has no block of its own (CIFG's f = 1 - i).
+        self.gate_names = () if len(self.state_names) == 1 else tuple(
+            getattr(cell, "gate_names", self.block_names))
 
     def block_activations(self):
         cell = self.cell
         gate = getattr(cell, "recurrent_activation", None)
-        return {
+        names = dict.fromkeys(self.block_names + self.gate_names)
+        acts = {
             name: _activation_name(cell.activation if name == "z" or gate is None else gate)
-            for name in self.block_names
+            for name in names
         }
+        if getattr(cell, "variant", None) == "NIAF":
+            acts["z"] = "linear"
+        return acts
+
+    def weights(self):
+        weights = super().weights()
+        cell = self.cell
+        # The LSTM variants' peephole vectors and full-gate-recurrence matrix G.
+        for gate in getattr(cell, "peephole_gates", ()):
+            name = f"{_PEEPHOLE_GATE[gate]}_gate_peephole_weights"
+            weights[name] = getattr(cell, name)
+        if getattr(cell, "gate_recurrent_kernel", None) is not None:
+            weights["gate_recurrent_kernel"] = cell.gate_recurrent_kernel
+        return weights
+
+    def weight_blocks(self, name):
+        if name.endswith("_gate_peephole_weights"):
+            return (_PEEPHOLE_GATE_OF[name],)
+        if name == "gate_recurrent_kernel":
+            return ("i", "f", "o")  # column blocks: the pre-activations it feeds
+        return self.block_names
 
     def step(self, x, states):
         new_states, gates = self.cell.step(x, list(states), training=False)
@@ -457,12 +496,13 @@ def _jacobian_norm(entry: _Entry):
     n = steps * batch
     x = tf.reshape(tf.cast(step_inputs, dtype), tf.stack([n, -1]))
     s_prev = tf.concat([tf.cast(s, dtype) for s in prev_states], axis=-1)
+    sizes = [int(s.shape[-1]) for s in prev_states]
     size = int(s_prev.shape[-1])
     s_prev = tf.reshape(s_prev, tf.stack([n, size]))
     x_rep, s_rep = tf.tile(x, [size, 1]), tf.tile(s_prev, [size, 1])
     with tf.GradientTape() as tape:
         tape.watch(s_rep)
-        parts = tf.split(s_rep, len(reader.state_names), axis=-1)
+        parts = tf.split(s_rep, sizes, axis=-1)
         new_states, _ = reader.step(x_rep, parts)
         s_new = tf.concat([tf.cast(s, dtype) for s in new_states], axis=-1)
         seed = tf.repeat(tf.eye(size, dtype=dtype), n, axis=0)
@@ -765,7 +805,7 @@ class Probe:
                 for name, w in weights.items():
                     if w is None:
                         continue
-                    norms[name] = _block_norms(grads[cursor], len(reader.block_names),
+                    norms[name] = _block_norms(grads[cursor], len(reader.weight_blocks(name)),
                                                reader.units)
                     cursor += 1
                 item["weight_grad_norm"] = norms
@@ -794,7 +834,8 @@ class Probe:
             weight_grad_norm = None
             if item["weight_grad_norm"] is not None:
                 weight_grad_norm = {
-                    name: dict(zip(reader.block_names, np.asarray(v, dtype=np.float64).tolist()))
+                    name: dict(zip(reader.weight_blocks(name),
+                                   np.asarray(v, dtype=np.float64).tolist()))
                     for name, v in item["weight_grad_norm"].items()
                 }
             sigma, threshold = _recurrent_sigma(reader)
@@ -891,7 +932,9 @@ def probe(model, x, y=None, *, layers=None, jacobian: bool = True,
         - `recurrent_sigma_threshold`: `{block: 1/γ}` for the block's activation (1 for tanh,
           4 for sigmoid), None where γ is not known.
         - `weight_grad_norm`: `{"kernel" | "recurrent_kernel" | "bias": {block: norm}}`, or
-          None without `y`.
+          None without `y`. The LSTM variants add their peephole vectors
+          (`"input_gate_peephole_weights": {"i": norm}`, likewise f and o) and FGR's
+          `"gate_recurrent_kernel": {"i" | "f" | "o": norm}` (its column blocks).
         - `meta`: key, layer, kind, cell_class, units, timesteps, batch_size, state_names,
           gate_names, block_names, block_activations, mask (B, T), go_backwards,
           time_order ("input"), return_sequences, direction, stack_index.

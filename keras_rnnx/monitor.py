@@ -522,8 +522,9 @@ class RNNMonitor(keras.callbacks.Callback):
             arrays["sigma_max"] = np.array(
                 [fields["recurrent_sigma_max"][b] for b in blocks], dtype=np.float64)
             for weight, norms in (fields["weight_grad_norm"] or {}).items():
-                arrays[f"{weight}_grad_norm"] = np.array([norms[b] for b in blocks],
-                                                         dtype=np.float64)
+                # Peephole vectors and G have blocks of their own (see the probe's docs).
+                arrays[f"{weight}_grad_norm"] = np.array(
+                    [norms[b] for b in blocks if b in norms], dtype=np.float64)
             for kind, array in arrays.items():
                 if array is None:
                     continue
