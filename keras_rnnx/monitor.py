@@ -554,6 +554,10 @@ class RNNMonitor(keras.callbacks.Callback):
             bounds["h"] = _BOUNDS.get(output_activation) if meta["kind"] != "cec" else [-1, 1]
             if "c" in meta["state_names"]:
                 bounds["c"] = None
+            if meta["kind"] == "LSTM-NOAF":
+                bounds["h"] = None  # h = o ⊙ c: no output activation bounds it
+            if "g" in meta["state_names"]:
+                bounds["g"] = _BOUNDS.get(activations.get("i"))  # FGR's previous [i | f | o]
             layers[key] = {
                 "layer": meta["layer"],
                 "cell": meta["kind"],

@@ -35,6 +35,18 @@ EXPECTED = {
     "translation": [
         r"exact match \d{1,3}\.\d%, per-character \d{1,3}\.\d% on \d+ held-out dates",
     ],
+    "variants": [
+        *(rf"^{v}\s+\d+\.\d{{4}}\s+\[\d+\.\d{{4}}, \d+\.\d{{4}}\]$"
+          for v in ("V", "NIG", "NFG", "NOG", "NIAF", "NOAF", "NP", "CIFG", "FGR")),
+        r"^Adding problem, lag \d+ \(MSE",
+        r"^Python source, next character \(bits per character",
+        *(rf"^{re.escape(f)}\s+(holds|does not hold)\s+(holds|does not hold)\s+\S"
+          for f in ("NFG hurts (worse than V)", "NOAF hurts (worse than V)",
+                    "NFG and NOAF are the two worst", "CIFG about as good as V",
+                    "NP about as good as V", "FGR no better than V")),
+        *(rf"^{v}\s+solved( [01]\.\d\d)+\s+wrong steps per sequence \d+\.\d\d$"
+          for v in ("V", "NP")),
+    ],
     "sentiment": [
         r"test accuracy: (vanilla|cec|original|forget) [01]\.\d{3} vs bag-of-words "
         r"[01]\.\d{3} \(chance 0\.500\)",
