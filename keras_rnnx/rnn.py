@@ -37,8 +37,9 @@ class RNN(keras.layers.RNN):
     recurrent dropout, masks, `go_backwards`, `stateful`, `unroll` and `initial_state` behave
     exactly as in `keras.layers.RNN`. In training on a GPU, a `ForgetGateLSTMCell` with
     tanh/sigmoid activations, a bias and no recurrent dropout runs on Keras's cuDNN kernel,
-    as `keras.layers.LSTM` does. Other cells (Keras's own, stacked cells) take the generic
-    loop.
+    as `keras.layers.LSTM` does. The LSTM variants (`LSTMVariantCell`) train on the
+    hoisted-projection TensorFlow loop, without compiled kernels. Other cells (Keras's own,
+    stacked cells) take the generic loop.
 
     It also checks its input before the loop runs, so that a sequence of the wrong rank, of
     zero length or of a non-float dtype is reported by name instead of failing inside the

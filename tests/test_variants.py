@@ -466,3 +466,30 @@ def test_probe_reads_the_variants(variant):
             np.testing.assert_allclose(norms[name][k], want[k], rtol=1e-4)
     assert set(norms) == {"kernel", "recurrent_kernel", "bias"} | {
         w.path.split("/")[-1] for w in extra}
+
+
+def test_monitor_records_gates_states_and_extra_weights(tmp_path):
+    """An FGR run for the viewer: the state g, the peephole and G gradient norms."""
+    from keras_rnnx.monitor import RNNMonitor
+    from keras_rnnx.runlog import RunReader
+
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=(16, T, D)).astype("float32")
+    y = rng.normal(size=(16, 1)).astype("float32")
+    model = keras.Sequential([keras.Input((T, D)),
+                              rx.RNN(rx.LSTMVariantCell(U, variant="FGR"), name="rnn"),
+                              keras.layers.Dense(1)])
+    model.compile("adam", "mse")
+    model.fit(x, y, batch_size=8, epochs=2, verbose=0,
+              callbacks=[RNNMonitor(tmp_path / "run", x[:4], y[:4], every=2)])
+    reader = RunReader(tmp_path / "run")
+    layer = reader.meta["layers"]["rnn"]
+    assert layer["cell"] == "LSTM-FGR" and layer["states"] == ["h", "c", "g"]
+    assert layer["activation_bounds"]["g"] == [0.0, 1.0]
+    _, g = reader.frames("g", "rnn")[-1]
+    assert g.shape == (4, T, 3 * U) and np.all((g >= 0) & (g <= 1))
+    _, norms = reader.frames("gate_recurrent_kernel_grad_norm", "rnn")[-1]
+    assert norms.shape == (3,) and np.all(norms > 0)
+    for name in ("input", "forget", "output"):
+        _, norm = reader.frames(f"{name}_gate_peephole_weights_grad_norm", "rnn")[-1]
+        assert norm.shape == (1,) and norm[0] > 0
