@@ -27,7 +27,7 @@ Prints one table per task (median and range of the test error over seeds, per va
 table of Greff et al.'s findings with "holds" / "does not hold" here, the timing task's
 success rates, and writes a PNG with a box plot per task.
 
-    python examples/variants.py            # default run (about 12 minutes on 2 cores)
+    python examples/variants.py            # default run (about 9 minutes on 2 shared cores)
     python examples/variants.py --seeds 5  # more seeds
     python examples/variants.py --smoke    # tiny, for tests
 """

@@ -38,8 +38,9 @@ class RNN(keras.layers.RNN):
     exactly as in `keras.layers.RNN`. In training on a GPU, a `ForgetGateLSTMCell` with
     tanh/sigmoid activations, a bias and no recurrent dropout runs on Keras's cuDNN kernel,
     as `keras.layers.LSTM` does. The LSTM variants (`LSTMVariantCell`) train on the
-    hoisted-projection TensorFlow loop, without compiled kernels. Other cells (Keras's own,
-    stacked cells) take the generic loop.
+    hoisted-projection TensorFlow loop, without compiled kernels (slower than the generic
+    loop for them in `benchmarks/variants.py`; see the cell's docstring). Other cells
+    (Keras's own, stacked cells) take the generic loop.
 
     It also checks its input before the loop runs, so that a sequence of the wrong rank, of
     zero length or of a non-float dtype is reported by name instead of failing inside the
