@@ -13,6 +13,7 @@ from keras_rnnx import _native, _validation
 from keras_rnnx.cells.base import LectureCell
 from keras_rnnx.cells.cec import CECCell
 from keras_rnnx.cells.forget_gate_lstm import ForgetGateLSTMCell
+from keras_rnnx.cells.lstm_variants import LSTMVariantCell
 from keras_rnnx.cells.original_lstm import OriginalLSTMCell
 from keras_rnnx.cells.vanilla import VanillaRNNCell
 
@@ -37,10 +38,10 @@ class RNN(keras.layers.RNN):
     recurrent dropout, masks, `go_backwards`, `stateful`, `unroll` and `initial_state` behave
     exactly as in `keras.layers.RNN`. In training on a GPU, a `ForgetGateLSTMCell` with
     tanh/sigmoid activations, a bias and no recurrent dropout runs on Keras's cuDNN kernel,
-    as `keras.layers.LSTM` does. The LSTM variants (`LSTMVariantCell`) train on the
-    hoisted-projection TensorFlow loop, without compiled kernels (slower than the generic
-    loop for them in `benchmarks/variants.py`; see the cell's docstring). Other cells
-    (Keras's own, stacked cells) take the generic loop.
+    as `keras.layers.LSTM` does. The LSTM variants (`LSTMVariantCell`), Keras's own cells and
+    stacked cells take the generic loop: there are no compiled kernels for the variants, and
+    the hoisted-projection loop measured slower than the generic one for them
+    (`benchmarks/variants.py`; see the cell's docstring).
 
     It also checks its input before the loop runs, so that a sequence of the wrong rank, of
     zero length or of a non-float dtype is reported by name instead of failing inside the
@@ -77,7 +78,7 @@ class RNN(keras.layers.RNN):
         # sequences (T = 1000: 0.84x the generic loop) but slows the forward-only pass under
         # XLA, where the loop reads a 4-8x wider per-step input; inference keeps the generic
         # loop.
-        if not isinstance(cell, LectureCell) or not training:
+        if not training or not self._hoists_projection():
             return super().inner_loop(sequences, initial_state, mask, training=training)
         if isinstance(mask, (list, tuple)):
             mask = mask[0]
@@ -125,6 +126,10 @@ class RNN(keras.layers.RNN):
             return_all_outputs=self.return_sequences,
         )
         return last_output, ops.transpose(outputs, (1, 0, 2)), states
+
+    def _hoists_projection(self) -> bool:
+        """Whether training takes the hoisted-projection loop (the lecture cells only)."""
+        return isinstance(self.cell, LectureCell) and not isinstance(self.cell, LSTMVariantCell)
 
     def _native_kind(self) -> str | None:
         """The compiled kernels' name for this layer's cell, or None where they cannot train it

@@ -88,17 +88,16 @@ class LSTMVariantCell(GatedCell):
     puts there. tf.keras 2's `PeepholeLSTMCell` drew peepholes with the kernel initializer;
     pass `peephole_initializer="glorot_uniform"` for that.
 
-    Speed. `keras_rnnx.RNN` trains these cells on its hoisted-projection TensorFlow loop; the
-    compiled kernels cover the four lecture cells only. Measured with
-    `benchmarks/variants.py` (one training step, T = 100, 64 units, batch 64, median of 15
-    interleaved rounds, on a 2-core AMD EPYC shared with other jobs, load average about 5):
-    `keras.layers.RNN(V)` 44.8 ms, `rx.RNN(V)` 55.2 ms (1.23x), `rx.RNN(NP)` 43.4 ms,
-    `rx.RNN(FGR)` 101 ms, and the compiled kernels' `rx.RNN(ForgetGateLSTMCell)` 26.6 ms
-    (0.59x). So kernels for the variants would make V about 2x faster than this loop; they
-    are not written because peepholes, CIFG and FGR change the backward pass of every gate,
-    nine variants of kernels to keep equal to this class. The hoisted loop is slower than
-    Keras's generic loop here (1.2x at T = 100, 2x in one run at T = 500), as it is for
-    `ForgetGateLSTMCell` with the kernels off (1.17x at T = 100).
+    Speed. `keras_rnnx.RNN` trains these cells on Keras's generic loop, as
+    `keras.layers.RNN` does; the compiled kernels cover the four lecture cells only.
+    Measured with `benchmarks/variants.py` (one training step, T = 100, 64 units, batch 64,
+    median of 15 interleaved rounds, on a 2-core AMD EPYC shared with other jobs, load
+    average about 5): `keras.layers.RNN(V)` 44.8 ms, the hoisted-projection loop that the
+    lecture cells take without kernels 55.2 ms for V (1.23x; 2x in one run at T = 500),
+    and the compiled kernels' `rx.RNN(ForgetGateLSTMCell)` 26.6 ms (0.59x). So the variants
+    keep the faster generic loop; kernels for them would make V about 2x faster, but
+    peepholes, CIFG and FGR change the backward pass of every gate: nine variants of kernels
+    to keep equal to this class.
 
     Args:
         units: positive integer, size of h and c.
