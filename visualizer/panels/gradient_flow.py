@@ -179,7 +179,7 @@ class GradientFlowPanel(Panel):
             changed = cell.show(image, (low, high), MAGNITUDE, "log₁₀ ‖∂L/∂h_t‖")
             rect = QtCore.QRectF(0, float(grid[0]), image.shape[1],
                                  float(grid[-1] - grid[0]) + spacing)
-            cell.image.setRect(rect)
+            cell.set_rect(rect)
             if changed or cell.rect != rect:
                 cell.rect = rect
                 cell.plot.setRange(rect, padding=0)
