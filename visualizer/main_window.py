@@ -235,7 +235,7 @@ class MainWindow(QtWidgets.QMainWindow):
         for name in ("weight_grads", "overview"):
             area.tabifyDockWidget(self.docks["jacobian"], self.docks[name])
         self.docks["jacobian"].raise_()
-        area.resizeDocks([self.docks["runs"]], [170], horizontal)
+        area.resizeDocks([self.docks["runs"]], [200], horizontal)
 
     def _build_menus(self) -> None:
         bar = self.menuBar()

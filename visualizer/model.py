@@ -156,11 +156,13 @@ def uniform_rows(
     return grid, rows[np.clip(index, 0, len(steps) - 1)]
 
 
-def grid_shape(count: int, width: float, height: float, aspect: float = 2.0) -> tuple[int, int]:
+def grid_shape(count: int, width: float, height: float, aspect: float = 2.0,
+               margin: tuple[float, float] = (0.0, 0.0)) -> tuple[int, int]:
     """`(rows, columns)` of a grid of `count` small multiples in a `width` × `height` area.
 
-    Picks the column count that makes the cells largest when each cell wants to be `aspect`
-    times as wide as it is tall (a heatmap of time × units is wide); ties go to fewer rows.
+    Picks the column count that makes the cells' data areas largest when each wants to be
+    `aspect` times as wide as it is tall (a heatmap of time × units is wide); `margin` is the
+    `(width, height)` each cell spends on its axes and title. Ties go to fewer rows.
     """
     if count <= 0:
         return 0, 0
@@ -168,7 +170,8 @@ def grid_shape(count: int, width: float, height: float, aspect: float = 2.0) -> 
     best = None
     for columns in range(1, count + 1):
         rows = -(-count // columns)
-        cell_w, cell_h = width / columns, height / rows
+        cell_w = max(width / columns - margin[0], 1.0)
+        cell_h = max(height / rows - margin[1], 1.0)
         scale = min(cell_w / aspect, cell_h)  # the height a cell of the wanted aspect gets
         key = (round(scale, 6), -rows)
         if best is None or key > best[0]:

@@ -28,7 +28,9 @@ __all__ = [
     "Panel",
     "block_pen",
     "compare_pen",
+    "fill_legend",
     "outside_legend",
+    "style_pen",
     "run_color",
     "format_value",
     "TimeAxis",
@@ -194,6 +196,17 @@ def outside_legend(layout: pg.GraphicsLayout, row: int, col: int,
     return legend
 
 
+def fill_legend(legend: pg.LegendItem, entries: Sequence[tuple[QtGui.QPen, str]]) -> None:
+    """Replaces the entries of `legend` by `(pen, label)` samples (only when they change)."""
+    key = [(pen.color().name(), int(pen.style().value), label) for pen, label in entries]
+    if getattr(legend, "_rnnx_key", None) == key:
+        return
+    legend._rnnx_key = key
+    legend.clear()
+    for pen, label in entries:
+        legend.addItem(pg.PlotDataItem(pen=pen), label)
+
+
 class LogMarks:
     """What a log axis cannot draw as a line, drawn on `plot` all the same (see `LogValues`).
 
@@ -224,6 +237,8 @@ class LogMarks:
         log = self.plot.ctrl.logYCheck.isChecked()
         tops = [np.nanmax(v.shown) for _, v, _ in series if np.isfinite(v.shown).any()]
         top = max(tops) * 3 if tops else 1.0
+        # Items other than PlotDataItem are placed in view coordinates: log10 on a log axis.
+        place = (lambda v: math.log10(v)) if log else (lambda v: v)
         self.zero_count = self.bad_count = 0
         floor = None
         for x, values, color in series:
@@ -232,7 +247,7 @@ class LogMarks:
                 floor = values.floor
                 self.zero_count += int(values.zeros.size)
                 item = pg.ScatterPlotItem(
-                    x[values.zeros], np.full(values.zeros.size, values.floor), symbol="t",
+                    x[values.zeros], np.full(values.zeros.size, place(values.floor)), symbol="t",
                     size=8, pen=pg.mkPen(color, width=1.5), brush=None,
                 )
                 self.plot.addItem(item)
@@ -242,15 +257,16 @@ class LogMarks:
                 bad = np.sort(np.concatenate([bad, values.negative]))
             if bad.size:
                 self.bad_count += int(bad.size)
-                item = pg.ScatterPlotItem(x[bad], np.full(bad.size, top), symbol="x", size=10,
-                                          pen=pg.mkPen("#FF4040", width=2), brush="#FF4040")
+                item = pg.ScatterPlotItem(x[bad], np.full(bad.size, place(top)), symbol="x",
+                                          size=10, pen=pg.mkPen("#FF4040", width=2),
+                                          brush="#FF4040")
                 self.plot.addItem(item)
                 self.bad_items.append(item)
         self.floor = floor
         self.floor_line.setVisible(floor is not None)
         if floor is not None:
             # InfiniteLine positions are in view coordinates: log10 on a log axis.
-            self.floor_line.setValue(math.log10(floor) if log else floor)
+            self.floor_line.setValue(place(floor))
             self.floor_line.label.setFormat(f"0 drawn at {floor:.0e} (▽)")
 
 

@@ -102,7 +102,7 @@ class StateHeatmapPanel(Panel):
         if self.all_layers.isChecked() or count <= 1:
             return max(count, 1)
         size = self.graphics.size()
-        return grid_shape(count, size.width() - 90, size.height())[1]
+        return grid_shape(count, size.width() - 90, size.height(), margin=(50, 45))[1]
 
     def _sync_kinds(self) -> None:
         """Offers the heatmap quantities the selected layer of the primary run has."""
@@ -268,7 +268,11 @@ class StateHeatmapPanel(Panel):
         # The step is in the panel's heading; a title that changes each step would make the
         # plot layout recompute at every redraw. A compared run's own step shows when it differs.
         primary_step = step if step is not None else frame_step
-        title = f"{run.name} · {layer} · {kind} · {units} units"
+        # Short titles: a long one would set the plot's minimum width and push the grid out of
+        # the panel. Layer, quantity and units are in the heading.
+        title = run.name
+        if self.all_layers.isChecked() or layer != self.collection.current_layer():
+            title += f" · {layer}"
         if frame_step != primary_step:
             title += f" · step {frame_step}"
         if cell.nonfinite:
