@@ -144,6 +144,7 @@ class JacobianPanel(Panel):
                 pen = block_pen(name, block, 0) if len(runs) == 1 else compare_pen(block, index)
                 item = self.sigma_plot.plot(
                     steps.astype(np.float64), sigmas[:, block], connect="finite", pen=pen,
+                    name=f"σ_max {name}" if len(runs) == 1 else f"σ_max {run.name}: {name}",
                 )
                 if not any(label == name for _, label in legend):
                     legend.append((pen if len(runs) == 1 else style_pen(block), name))

@@ -180,7 +180,8 @@ class TrainingCurvesPanel(Panel):
         color = self.collection.color_index(run)
         if curve is None:
             curve = plot.plot(connect="finite", symbol="o" if phase == "epoch" else None,
-                              symbolSize=5, symbolPen=None)
+                              symbolSize=5, symbolPen=None,
+                              name=name if run_count == 1 else f"{run.name}: {name}")
             self._curves[key] = curve
         # The run at this position may change (following the newest run): its colour too.
         curve.setPen(run_pen(color, width=1.5 if phase == "batch" else 2.5, style=style))

@@ -99,7 +99,7 @@ class WeightGradsPanel(Panel):
                     key = (index, run.name, kind, block, name, len(runs))
                     wanted.add(key)
                     if key not in self._curves:
-                        item = plot.plot(connect="finite")
+                        item = plot.plot(connect="finite", name=name)
                         self._curves[key] = (plot, item)
                     item = self._curves[key][1]
                     item.setPen(pen)
