@@ -95,7 +95,16 @@ def test_follows_the_newest_live_run_then_stays_on_a_chosen_one(make_window, tmp
         assert c.follow_newest
         qtbot.waitUntil(lambda: c.primary.name == "d_third", timeout=10000)
         assert window.runs_list.currentRow() == 3
+        # With no run live, turning following on shows the run that started last.
         third.close()
+        qtbot.mouseClick(window.follow_button, QtCore.Qt.MouseButton.LeftButton)
+        window.runs_list.setCurrentRow(0)
+        assert c.primary.name == "a_done"
+        first.close()
+        second.close()
+        qtbot.waitUntil(lambda: c.statuses() == ("finished",) * 4, timeout=10000)
+        qtbot.mouseClick(window.follow_button, QtCore.Qt.MouseButton.LeftButton)
+        assert c.follow_newest and c.primary.name == "d_third"
     finally:
         first.close()
         second.close()
@@ -153,8 +162,9 @@ def test_eight_runs_fit_a_1600x1000_window(make_window, eight_runs, qtbot, maps)
     window.collection.load()
     window.resize(1600, 1000)
     gradient = window.panels["gradient_flow"]
-    gradient.show_maps.setChecked(maps)
     qtbot.mouseClick(window.compare_button, QtCore.Qt.MouseButton.LeftButton)
+    assert not gradient.show_maps.isChecked()  # one click: the curves of all runs, large
+    gradient.show_maps.setChecked(maps)
     c = window.collection
     assert len(c.shown_runs()) == 8
     names = [run.name for run in c.shown_runs()]

@@ -522,6 +522,8 @@ class MainWindow(QtWidgets.QMainWindow):
         if c.primary_index not in order[-COMPARE_MAX:] and len(chosen) == COMPARE_MAX:
             chosen = chosen[1:]
         c.set_compared(chosen)
+        # The lecture's picture: the curves of all runs get the whole panel.
+        self.panels["gradient_flow"].show_maps.setChecked(False)
         self.show_panel("gradient_flow")
         self.tick()
 

@@ -762,12 +762,20 @@ class RunCollection:
         self.set_primary(index)
 
     def set_follow_newest(self, on: bool) -> None:
-        """Turns following the newest live run on (switching to it now) or off."""
+        """Turns following the newest live run on or off.
+
+        Turning it on switches to the newest live run now, or, when no run is live, to the run
+        that started last (the one trained last, once a series of runs has finished).
+        """
         if bool(on) != self.follow_newest:
             self.follow_newest = bool(on)
             self.version += 1
-        if on:
-            self.follow_newest_run()
+        if on and not self.follow_newest_run() and self.newest_live_index() is None:
+            started = [(run.start_time or 0.0, k) for k, run in enumerate(self.runs)
+                       if run.start_time is not None]
+            if started:
+                self.set_primary(max(started)[1])
+                self.follow()
 
     def newest_live_index(self) -> int | None:
         """The index of the live run that started last, or None if no run is live."""
