@@ -28,7 +28,7 @@ __all__ = [
     "Panel",
     "block_pen",
     "compare_pen",
-    "fill_legend",
+    "SideLegend",
     "outside_legend",
     "style_pen",
     "run_color",
@@ -186,10 +186,28 @@ def dress(plot: pg.PlotItem, *, legend: bool = True, grid_alpha: float = 0.25) -
         plot.addLegend(offset=(-10, 10), labelTextSize="8pt", brush=(0, 0, 0, 150))
 
 
+class SideLegend(pg.LegendItem):
+    """A legend of `(pen, label)` samples that is not tied to the curves of one plot."""
+
+    def __init__(self) -> None:
+        super().__init__(labelTextSize="8pt", verSpacing=-4)
+        self.entries: list[tuple[str, int, str]] = []
+
+    def set_entries(self, entries: Sequence[tuple[QtGui.QPen, str]]) -> None:
+        """Replaces the samples (only when they change: a rebuilt legend relays the plots)."""
+        key = [(pen.color().name(), int(pen.style().value), label) for pen, label in entries]
+        if key == self.entries:
+            return
+        self.entries = key
+        self.clear()
+        for pen, label in entries:
+            self.addItem(pg.PlotDataItem(pen=pen), label)
+
+
 def outside_legend(layout: pg.GraphicsLayout, row: int, col: int,
-                   rowspan: int = 1) -> pg.LegendItem:
+                   rowspan: int = 1) -> SideLegend:
     """A legend in its own layout cell beside a plot, so that it never covers the data."""
-    legend = pg.LegendItem(labelTextSize="8pt", verSpacing=-4)
+    legend = SideLegend()
     # Fixed both ways: a legend stretched to the row's height spreads its entries apart.
     legend.setSizePolicy(QtWidgets.QSizePolicy.Policy.Fixed,
                          QtWidgets.QSizePolicy.Policy.Fixed)
@@ -197,15 +215,6 @@ def outside_legend(layout: pg.GraphicsLayout, row: int, col: int,
     return legend
 
 
-def fill_legend(legend: pg.LegendItem, entries: Sequence[tuple[QtGui.QPen, str]]) -> None:
-    """Replaces the entries of `legend` by `(pen, label)` samples (only when they change)."""
-    key = [(pen.color().name(), int(pen.style().value), label) for pen, label in entries]
-    if getattr(legend, "_rnnx_key", None) == key:
-        return
-    legend._rnnx_key = key
-    legend.clear()
-    for pen, label in entries:
-        legend.addItem(pg.PlotDataItem(pen=pen), label)
 
 
 class LogMarks:

@@ -19,7 +19,6 @@ from visualizer.panels.base import (
     block_pen,
     compare_pen,
     dress,
-    fill_legend,
     format_value,
     outside_legend,
     run_pen,
@@ -156,7 +155,7 @@ class JacobianPanel(Panel):
             self._sigmas.append({"run": run.name, "layer": layer, "steps": steps,
                                  "values": sigmas, "names": names,
                                  "thresholds": cell_thresholds})
-        fill_legend(self.sigma_legend, legend)
+        self.sigma_legend.set_entries(legend)
         for threshold, kind in sorted(thresholds.items()):
             text = f"1/γ = {threshold:g}" + (f" ({kind} blocks)" if kind else "")
             line = pg.InfiniteLine(

@@ -12,7 +12,6 @@ from visualizer.model import RunCollection, RunModel
 from visualizer.panels.base import (
     Panel,
     dress,
-    fill_legend,
     format_value,
     outside_legend,
     run_pen,
@@ -165,7 +164,7 @@ class TrainingCurvesPanel(Panel):
                 pen = run_pen(color, style=style) if color is not None else \
                     pg.mkPen("#DDDDDD", width=2, style=style)
                 entries.append((pen, name))
-            fill_legend(legend, entries)
+            legend.set_entries(entries)
 
     def _draw_series(self, plot: pg.PlotItem, run_index: int, run: RunModel, name: str,
                      phase: str, log: bool, run_count: int) -> None:

@@ -14,7 +14,6 @@ from visualizer.panels.base import (
     block_pen,
     compare_pen,
     dress,
-    fill_legend,
     format_value,
     outside_legend,
     style_pen,
@@ -107,7 +106,7 @@ class WeightGradsPanel(Panel):
                     self._items.append((plot, item))
                 self._shown.append({"run": run.name, "layer": layer, "kind": kind,
                                     "steps": steps, "values": values, "names": names})
-        fill_legend(self.legend, legend)
+        self.legend.set_entries(legend)
         for key in [k for k in self._curves if k not in wanted]:
             plot, item = self._curves.pop(key)
             plot.removeItem(item)
