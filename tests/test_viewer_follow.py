@@ -141,6 +141,31 @@ def test_the_run_list_shows_live_finished_and_crashed(make_window, tmp_path, qtb
     qtbot.waitUntil(lambda: _list_texts(window)[1] == "killed  [finished]", timeout=10000)
 
 
+def test_following_keeps_every_compared_run_on_screen(tmp_path):
+    from visualizer.model import RunCollection
+
+    older = _start_run(tmp_path / "a")
+    time.sleep(0.02)
+    newer = _start_run(tmp_path / "b")
+    other = write_synthetic_run(tmp_path / "c", units=UNITS, timesteps=T, batch=B, probes=2)
+    try:
+        collection = RunCollection([tmp_path])
+        collection.load()
+        collection.set_compared([2])  # a compared with c, as with --compare
+        assert [r.name for r in collection.shown_runs()] == ["a", "c"]
+        assert collection.follow_newest_run()
+        assert [r.name for r in collection.shown_runs()] == ["b", "a", "c"]
+        assert collection.runs[2].path == other
+        # Without a comparison the newest run simply replaces the one shown.
+        collection.choose(0)
+        collection.set_compared([])
+        collection.set_follow_newest(True)
+        assert [r.name for r in collection.shown_runs()] == ["b"]
+    finally:
+        older.close()
+        newer.close()
+
+
 # ---- comparing 8 runs ----------------------------------------------------------------------------
 
 CELLS = ("vanilla", "cec", "original", "forget")

@@ -804,16 +804,18 @@ class RunCollection:
     def follow_newest_run(self) -> bool:
         """With `follow_newest` on, makes the newest live run primary (at its newest step).
 
-        Returns whether the primary run changed. The run shown before stays compared when it
-        was ticked for comparison; otherwise it is simply replaced.
+        Returns whether the primary run changed. While runs are compared, the run shown before
+        joins them (nothing disappears from a comparison); otherwise it is simply replaced.
         """
         if not self.follow_newest:
             return False
         index = self.newest_live_index()
         if index is None or index == self.primary_index:
             return False
+        before, comparing = self.primary_index, bool(self.compared)
         self.set_primary(index)
-        self.set_compared([k for k in self.compared if k != index])
+        self.set_compared([k for k in self.compared if k != index] +
+                          ([before] if comparing else []))
         self.follow()
         return True
 
