@@ -285,8 +285,8 @@ def test_zero_gradients_are_drawn_at_the_stated_floor(make_window, tmp_path, qtb
     np.testing.assert_array_equal(bad_x, [10, 20])
     assert (bad_y > math.log10(3.7e-4)).all()
     note = panel.line_plot.titleLabel.text
-    assert "96 ‖∂L/∂h_t‖s = 0 drawn at the floor 1e-10" in note
-    assert "1 NaN at 10" in note and "1 +Inf at 20" in note
+    assert "‖∂L/∂h_t‖ = 0 drawn ▽ at 1e-10: cec t 0 … 98" in note
+    assert "1 NaN at t 10, 1 +Inf at t 20" in note
     # The history map paints the zeros with the colour at the floor, NaN/Inf over it.
     cell = panel.cells[0]
     row = cell.image.image[0]

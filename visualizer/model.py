@@ -217,6 +217,17 @@ class LogValues:
         self.posinf = np.flatnonzero(self.values == np.inf)
         self.neginf = np.flatnonzero(self.values == -np.inf)
 
+    def zeros_text(self) -> str:
+        """Where the zeros are, e.g. `"t 0–98"` (empty if none)."""
+        return _index_range(self.zeros, "t ")
+
+    def bad_text(self) -> str:
+        """What cannot be drawn besides zeros, e.g. `"1 NaN at t 10, 1 +Inf at t 20"`."""
+        return ", ".join(f"{found.size} {name}{_index_range(found, ' at t ')}"
+                         for name, found in (("NaN", self.nan), ("+Inf", self.posinf),
+                                             ("-Inf", self.neginf), ("< 0", self.negative))
+                         if found.size)
+
     @property
     def nonfinite(self) -> np.ndarray:
         """Indices of NaN and ±Inf values, sorted."""
@@ -235,14 +246,14 @@ class LogValues:
         return "; ".join(parts) if parts else None
 
 
-def _index_range(indices: np.ndarray) -> str:
+def _index_range(indices: np.ndarray, prefix: str = " at ") -> str:
     if not indices.size:
         return ""
     first, last = int(indices[0]), int(indices[-1])
     if first == last:
-        return f" at {first}"
+        return f"{prefix}{first}"
     contiguous = last - first + 1 == indices.size
-    return f" at {first}–{last}" if contiguous else f" between {first} and {last}"
+    return f"{prefix}{first}–{last}" if contiguous else f"{prefix}{first} … {last}"
 
 
 def log_values(arrays: Sequence[np.ndarray], decades_below: int = 1) -> list[LogValues]:

@@ -256,9 +256,12 @@ class LogMarks:
             if values.zeros.size:
                 floor = values.floor
                 self.zero_count += int(values.zeros.size)
+                # Every run's zeros sit on the same floor: growing hollow triangles keep the
+                # runs' markers apart where they coincide.
+                size = 7 + 4 * len(self.zero_items)
                 item = pg.ScatterPlotItem(
                     x[values.zeros], np.full(values.zeros.size, place(values.floor)), symbol="t",
-                    size=8, pen=pg.mkPen(color, width=1.5), brush=None,
+                    size=size, pen=pg.mkPen(color, width=1.5), brush=None,
                 )
                 self.plot.addItem(item)
                 self.zero_items.append(item)
