@@ -26,6 +26,7 @@ __all__ = [
     "HeatmapCell",
     "LogMarks",
     "Panel",
+    "block_order",
     "block_pen",
     "compare_pen",
     "SideLegend",
@@ -89,15 +90,33 @@ def block_pen(name: str, block_index: int, run_index: int) -> QtGui.QPen:
     return pen
 
 
-def compare_pen(block_index: int, run_index: int) -> QtGui.QPen:
+# With several runs on one plot a gate block is a line style, the same in every cell.
+_BLOCK_STYLES = {
+    "i": QtCore.Qt.PenStyle.SolidLine,
+    "f": QtCore.Qt.PenStyle.DashLine,
+    "z": QtCore.Qt.PenStyle.DotLine,
+    "o": QtCore.Qt.PenStyle.DashDotLine,
+}
+
+
+def block_order(entry: tuple[Any, str]) -> int:
+    """Sort key of a `(pen, block name)` legend entry: the lecture's i, f, z, o, then others."""
+    return list(_BLOCK_STYLES).index(entry[1]) if entry[1] in _BLOCK_STYLES else len(_BLOCK_STYLES)
+
+
+def block_style(name: str, block_index: int) -> QtCore.Qt.PenStyle:
+    return _BLOCK_STYLES.get(name, _RUN_STYLES[block_index % len(_RUN_STYLES)])
+
+
+def compare_pen(name: str, block_index: int, run_index: int) -> QtGui.QPen:
     """With several runs on one plot: colour by run, line style by gate block."""
-    return run_pen(run_index, style=_RUN_STYLES[block_index % len(_RUN_STYLES)])
+    return run_pen(run_index, style=block_style(name, block_index))
 
 
-def style_pen(block_index: int) -> QtGui.QPen:
-    """The neutral pen that stands for gate block `block_index` in a legend of line styles."""
+def style_pen(name: str, block_index: int) -> QtGui.QPen:
+    """The neutral pen that stands for gate block `name` in a legend of line styles."""
     pen = pg.mkPen("#DDDDDD", width=2)
-    pen.setStyle(_RUN_STYLES[block_index % len(_RUN_STYLES)])
+    pen.setStyle(block_style(name, block_index))
     return pen
 
 

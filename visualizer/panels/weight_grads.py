@@ -11,6 +11,7 @@ from PyQt6 import QtWidgets
 from visualizer.model import WEIGHT_GRAD_KINDS, RunCollection
 from visualizer.panels.base import (
     Panel,
+    block_order,
     block_pen,
     compare_pen,
     dress,
@@ -92,9 +93,9 @@ class WeightGradsPanel(Panel):
                     shown[~(np.isfinite(shown) & (shown > 0))] = np.nan
                     color = self.collection.color_index(run)
                     pen = block_pen(name, block, 0) if len(runs) == 1 else \
-                        compare_pen(block, color)
+                        compare_pen(name, block, color)
                     if not any(label == name for _, label in legend):
-                        legend.append((pen if len(runs) == 1 else style_pen(block), name))
+                        legend.append((pen if len(runs) == 1 else style_pen(name, block), name))
                     key = (index, run.name, kind, block, name, len(runs))
                     wanted.add(key)
                     if key not in self._curves:
@@ -106,7 +107,7 @@ class WeightGradsPanel(Panel):
                     self._items.append((plot, item))
                 self._shown.append({"run": run.name, "layer": layer, "kind": kind,
                                     "steps": steps, "values": values, "names": names})
-        self.legend.set_entries(legend)
+        self.legend.set_entries(sorted(legend, key=block_order))
         for key in [k for k in self._curves if k not in wanted]:
             plot, item = self._curves.pop(key)
             plot.removeItem(item)
