@@ -314,3 +314,24 @@ def test_log_values_floor_and_grid_shape_by_hand():
     assert grid_shape(1, 10, 10) == (1, 1)
     assert grid_shape(4, 4000, 100) == (1, 4)
     assert grid_shape(0, 100, 100) == (0, 0)
+
+
+def test_zero_weight_gradients_are_drawn_at_the_floor(make_window, tmp_path):
+    info = layer_meta("vanilla", 3, 4)
+    writer = RunWriter(tmp_path / "run", meta=run_meta({"rnn": info}, 1, 4, 1))
+    norms = [0.0, 2e-3, 0.0, 5e-2]
+    for step, value in enumerate(norms):
+        for kind in ("kernel_grad_norm", "recurrent_kernel_grad_norm", "bias_grad_norm"):
+            writer.write_frame(kind, "rnn", 10 * step, np.array([value]))
+    writer.close()
+    window = make_window(tmp_path / "run", follow=False)
+    window.collection.load()
+    window.tick(force=True)
+    panel = window.panels["weight_grads"]
+    marks = panel.marks["recurrent_kernel_grad_norm"]
+    assert marks.floor == pytest.approx(1e-4)  # a decade under 2e-3
+    x, y = marks.zero_items[0].getData()
+    np.testing.assert_array_equal(x, [0, 20])
+    np.testing.assert_allclose(y, -4)
+    curve = [i for p, i in panel._items if p is panel.plots["recurrent_kernel_grad_norm"]][0]
+    np.testing.assert_array_equal(np.isfinite(curve.yData), [False, True, False, True])
