@@ -342,3 +342,22 @@ def test_zero_weight_gradients_are_drawn_at_the_floor(make_window, tmp_path):
     np.testing.assert_allclose(y, -4)
     curve = [i for p, i in panel._items if p is panel.plots["recurrent_kernel_grad_norm"]][0]
     np.testing.assert_array_equal(np.isfinite(curve.yData), [False, True, False, True])
+
+
+def test_a_zero_loss_on_the_log_scale_is_drawn_at_the_floor(make_window, tmp_path):
+    with RunWriter(tmp_path / "run") as writer:
+        for step, loss in enumerate([1.0, 0.0, 0.5]):
+            writer.write_scalars(step, {"loss": loss}, phase="batch")
+    window = make_window(tmp_path / "run", follow=False)
+    window.collection.load()
+    panel = window.panels["training_curves"]
+    panel.log_scale.setChecked(True)
+    window.tick(force=True)
+    marks = panel._marks["loss", "batch"]
+    x, y = marks.zero_items[0].getData()
+    np.testing.assert_array_equal(x, [1])
+    np.testing.assert_allclose(y, -2)  # floor 0.01: a decade under the smallest loss, 0.5
+    assert marks.floor_line.isVisible()
+    panel.log_scale.setChecked(False)  # on a linear axis 0 is an ordinary point
+    window.tick(force=True)
+    assert not marks.zero_items and not marks.floor_line.isVisible()
