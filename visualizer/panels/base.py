@@ -35,11 +35,13 @@ __all__ = [
     "run_color",
     "format_value",
     "TimeAxis",
+    "ValueAxis",
     "dress",
     "plain_axes",
     "run_pen",
     "set_time_ticks",
     "time_plot",
+    "value_plot",
 ]
 
 # Colour-blind-safe (Okabe-Ito) colours: one per run (Okabe-Ito's black is a light grey here,
@@ -176,6 +178,31 @@ class TimeAxis(pg.AxisItem):
         return labels
 
 
+class ValueAxis(pg.AxisItem):
+    """A value axis whose labels on a log scale never crowd: decades, and on a range shorter
+    than 1.5 decades also 2 and 5 (pyqtgraph labels every minor tick, 2 to 9, where they fit
+    on average, and they bunch up under each decade)."""
+
+    def logTickStrings(self, values, scale, spacing):  # noqa: N802 - pyqtgraph's name
+        strings = super().logTickStrings(values, scale, spacing)
+        span = abs(self.range[1] - self.range[0])
+        kept = []
+        for value, text in zip(values, strings):
+            mantissa = 10.0 ** (value - math.floor(value + 1e-9))
+            decade = abs(mantissa - 1.0) < 1e-6 or abs(mantissa - 10.0) < 1e-5
+            short = span < 1.5 and min(abs(mantissa - 2.0), abs(mantissa - 5.0)) < 1e-6
+            kept.append(text if decade or short else "")
+        return kept
+
+
+def value_plot(layout: pg.GraphicsLayout | pg.GraphicsLayoutWidget, row: int, col: int,
+               **kwargs: Any) -> pg.PlotItem:
+    """A plot whose left axis is a `ValueAxis`."""
+    plot = layout.addPlot(row=row, col=col, axisItems={"left": ValueAxis("left")}, **kwargs)
+    plain_axes(plot)
+    return plot
+
+
 def set_time_ticks(axis: pg.AxisItem, tokens: Sequence[str] | None, length: int,
                    offset: float = 0.5) -> None:
     """Labels a `TimeAxis` with `tokens` when there is one per time step (else numbers)."""
@@ -186,7 +213,8 @@ def set_time_ticks(axis: pg.AxisItem, tokens: Sequence[str] | None, length: int,
 def time_plot(layout: pg.GraphicsLayout | pg.GraphicsLayoutWidget, row: int, col: int,
               **kwargs: Any) -> pg.PlotItem:
     """A plot whose bottom axis is a `TimeAxis`."""
-    plot = layout.addPlot(row=row, col=col, axisItems={"bottom": TimeAxis("bottom")}, **kwargs)
+    plot = layout.addPlot(row=row, col=col, axisItems={"bottom": TimeAxis("bottom"),
+                                                       "left": ValueAxis("left")}, **kwargs)
     plain_axes(plot)
     return plot
 

@@ -16,6 +16,7 @@ from visualizer.panels.base import (
     format_value,
     outside_legend,
     run_pen,
+    value_plot,
 )
 
 __all__ = ["TrainingCurvesPanel", "metric_groups"]
@@ -88,7 +89,7 @@ class TrainingCurvesPanel(Panel):
             for col, (phase, caption) in enumerate(PHASES):
                 if not any((name, phase) in present for name in groups[group]):
                     continue
-                plot = self.graphics.addPlot(row=row, col=col)
+                plot = value_plot(self.graphics, row, col)
                 dress(plot, grid_alpha=0.2, legend=False)
                 if group not in self._legends:
                     # Beside the row's plots: a legend never covers a curve.

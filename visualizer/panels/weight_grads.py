@@ -19,6 +19,7 @@ from visualizer.panels.base import (
     format_value,
     outside_legend,
     style_pen,
+    value_plot,
 )
 
 __all__ = ["WeightGradsPanel"]
@@ -44,7 +45,7 @@ class WeightGradsPanel(Panel):
         self.marks: dict[str, LogMarks] = {}
         self.step_lines: list[pg.InfiniteLine] = []
         for row, kind in enumerate(WEIGHT_GRAD_KINDS):
-            plot = self.graphics.addPlot(row=row, col=0)
+            plot = value_plot(self.graphics, row, 0)
             symbol, caption = CAPTIONS[kind]
             plot.setLogMode(y=True)
             dress(plot, legend=False)
