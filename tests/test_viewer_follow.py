@@ -3,6 +3,7 @@ zeros and non-finite values on log axes (pytest-qt, offscreen)."""
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 import time
@@ -42,6 +43,10 @@ def make_window(qtbot):
     yield make
     for window in windows:
         window.close()
+    # Collect the closed windows now, while nothing paints: pyqtgraph items collected by a later
+    # garbage collection, in the middle of another test's event processing, can crash Qt.
+    windows.clear()
+    gc.collect()
 
 
 def _start_run(path, cell="forget", steps=2):

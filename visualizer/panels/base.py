@@ -233,22 +233,38 @@ def dress(plot: pg.PlotItem, *, legend: bool = True, grid_alpha: float = 0.25) -
         plot.addLegend(offset=(-10, 10), labelTextSize="8pt", brush=(0, 0, 0, 150))
 
 
-class SideLegend(pg.LegendItem):
-    """A legend of `(pen, label)` samples that is not tied to the curves of one plot."""
+_STYLE_GLYPHS = {
+    QtCore.Qt.PenStyle.SolidLine: "━━━",
+    QtCore.Qt.PenStyle.DashLine: "━ ━",
+    QtCore.Qt.PenStyle.DotLine: "┅┅┅",
+    QtCore.Qt.PenStyle.DashDotLine: "━ · ━",
+}
+
+
+class SideLegend(pg.LabelItem):
+    """A legend of `(pen, label)` entries, drawn as text: a line of the pen's colour and style
+    (as glyphs) before each label. Text, not sample curves: legend samples of curves that
+    belong to no plot crashed Qt when collected."""
 
     def __init__(self) -> None:
-        super().__init__(labelTextSize="8pt", verSpacing=-4)
+        super().__init__("", size="8pt", justify="left")
         self.entries: list[tuple[str, int, str]] = []
 
     def set_entries(self, entries: Sequence[tuple[QtGui.QPen, str]]) -> None:
-        """Replaces the samples (only when they change: a rebuilt legend relays the plots)."""
+        """Replaces the entries (only when they change: a new text relays the plots)."""
         key = [(pen.color().name(), int(pen.style().value), label) for pen, label in entries]
         if key == self.entries:
             return
         self.entries = key
-        self.clear()
+        rows = []
         for pen, label in entries:
-            self.addItem(pg.PlotDataItem(pen=pen), label)
+            glyph = _STYLE_GLYPHS.get(pen.style(), "━━━")
+            rows.append(f'<span style="color:{pen.color().name()}">{glyph}</span>&nbsp;'
+                        f'<span style="color:#CCCCCC">{label}</span>')
+        self.setText("<br>".join(rows))
+
+    def labels(self) -> list[str]:
+        return [label for _, _, label in self.entries]
 
 
 def outside_legend(layout: pg.GraphicsLayout, row: int, col: int,
@@ -260,8 +276,6 @@ def outside_legend(layout: pg.GraphicsLayout, row: int, col: int,
                          QtWidgets.QSizePolicy.Policy.Fixed)
     layout.addItem(legend, row=row, col=col, rowspan=rowspan)
     return legend
-
-
 
 
 class LogMarks:

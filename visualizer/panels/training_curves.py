@@ -12,6 +12,7 @@ from visualizer.model import LogValues, RunCollection, RunModel, log_floor
 from visualizer.panels.base import (
     LogMarks,
     Panel,
+    SideLegend,
     dress,
     format_value,
     outside_legend,
@@ -82,7 +83,7 @@ class TrainingCurvesPanel(Panel):
         self.graphics.clear()
         self.forget_hover()
         self._plots, self._curves, self._step_lines, self._nan_lines = {}, {}, [], []
-        self._legends: dict[str, pg.LegendItem] = {}
+        self._legends: dict[str, SideLegend] = {}
         self._marks: dict[tuple[str, str], LogMarks] = {}
         titled: set[str] = set()
         for row, group in enumerate(groups):
