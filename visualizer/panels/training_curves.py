@@ -8,8 +8,17 @@ import numpy as np
 import pyqtgraph as pg
 from PyQt6 import QtCore, QtWidgets
 
-from visualizer.model import RunCollection, RunModel
-from visualizer.panels.base import Panel, dress, format_value, run_pen
+from visualizer.model import LogValues, RunCollection, RunModel, log_floor
+from visualizer.panels.base import (
+    LogMarks,
+    Panel,
+    SideLegend,
+    dress,
+    format_value,
+    outside_legend,
+    run_pen,
+    value_plot,
+)
 
 __all__ = ["TrainingCurvesPanel", "metric_groups"]
 
@@ -74,19 +83,25 @@ class TrainingCurvesPanel(Panel):
         self.graphics.clear()
         self.forget_hover()
         self._plots, self._curves, self._step_lines, self._nan_lines = {}, {}, [], []
+        self._legends: dict[str, SideLegend] = {}
+        self._marks: dict[tuple[str, str], LogMarks] = {}
         titled: set[str] = set()
         for row, group in enumerate(groups):
             for col, (phase, caption) in enumerate(PHASES):
                 if not any((name, phase) in present for name in groups[group]):
                     continue
-                plot = self.graphics.addPlot(row=row, col=col)
-                dress(plot, grid_alpha=0.2)
+                plot = value_plot(self.graphics, row, col)
+                dress(plot, grid_alpha=0.2, legend=False)
+                if group not in self._legends:
+                    # Beside the row's plots: a legend never covers a curve.
+                    self._legends[group] = outside_legend(self.graphics, row, len(PHASES))
                 plot.setLabel("left", group)
                 plot.setLabel("bottom", "global step" if phase == "batch" else "epoch")
                 if phase not in titled:
                     titled.add(phase)
                     plot.setTitle(caption, size="10pt")
                 self._plots[group, phase] = plot
+                self._marks[group, phase] = LogMarks(plot)
                 self.watch_hover(self.graphics, plot, self._describe(group, phase))
                 if phase == "batch":
                     line = pg.InfiniteLine(angle=90, pen=pg.mkPen("#888888", width=1))
@@ -133,6 +148,7 @@ class TrainingCurvesPanel(Panel):
             plot.removeItem(line)
         self._nan_lines = []
         self._shown = []
+        self._log_series: dict[tuple[str, str], list] = {key: [] for key in self._plots}
         for run_index, run in enumerate(runs):
             for group, members in groups.items():
                 for phase, _ in PHASES:
@@ -141,6 +157,31 @@ class TrainingCurvesPanel(Panel):
                         continue
                     for name in members:
                         self._draw_series(plot, run_index, run, name, phase, log, len(runs))
+                        if (steps := run.scalars(name, phase)[0]).size:
+                            self._log_series[group, phase].append(
+                                (steps, run.scalars(name, phase)[1],
+                                 run_pen(self.collection.color_index(run)).color().name()))
+        # On a log axis, zeros (and values below 0) are drawn at a stated floor, not dropped;
+        # NaN and Inf already have their red line.
+        for key, marks in self._marks.items():
+            found = self._log_series.get(key, []) if log else []
+            floor = log_floor([values for _, values, _ in found])
+            marks.update([(steps, LogValues(np.where(np.isfinite(values), values, 1.0), floor),
+                           color) for steps, values, color in found])
+        # The legend names the series by line style; the runs' colours are the window's legend
+        # (one run: its colour here too).
+        color = self.collection.color_index(runs[0]) if len(runs) == 1 else None
+        for group, members in groups.items():
+            legend = self._legends.get(group)
+            if legend is None:
+                continue
+            entries = []
+            for name in members:
+                style, _ = _series_style(name)
+                pen = run_pen(color, style=style) if color is not None else \
+                    pg.mkPen("#DDDDDD", width=2, style=style)
+                entries.append((pen, name))
+            legend.set_entries(entries)
 
     def _draw_series(self, plot: pg.PlotItem, run_index: int, run: RunModel, name: str,
                      phase: str, log: bool, run_count: int) -> None:
@@ -152,15 +193,15 @@ class TrainingCurvesPanel(Panel):
                 curve.setData([], [])
             return
         style, role = _series_style(name)
+        color = self.collection.color_index(run)
         if curve is None:
-            label = name if run_count == 1 else f"{run.name}: {name}"
-            curve = plot.plot(
-                pen=run_pen(run_index, width=1.5 if phase == "batch" else 2.5, style=style),
-                name=label, connect="finite",
-                symbol="o" if phase == "epoch" else None, symbolSize=5,
-                symbolBrush=run_pen(run_index).color(), symbolPen=None,
-            )
+            curve = plot.plot(connect="finite", symbol="o" if phase == "epoch" else None,
+                              symbolSize=5, symbolPen=None,
+                              name=name if run_count == 1 else f"{run.name}: {name}")
             self._curves[key] = curve
+        # The run at this position may change (following the newest run): its colour too.
+        curve.setPen(run_pen(color, width=1.5 if phase == "batch" else 2.5, style=style))
+        curve.setSymbolBrush(run_pen(color).color())
         shown = values.astype(np.float64, copy=True)
         shown[~np.isfinite(shown)] = np.nan
         if log:

@@ -8,8 +8,19 @@ import numpy as np
 import pyqtgraph as pg
 from PyQt6 import QtWidgets
 
-from visualizer.model import WEIGHT_GRAD_KINDS, RunCollection
-from visualizer.panels.base import Panel, block_pen, dress, format_value
+from visualizer.model import WEIGHT_GRAD_KINDS, RunCollection, log_values
+from visualizer.panels.base import (
+    LogMarks,
+    Panel,
+    block_order,
+    block_pen,
+    compare_pen,
+    dress,
+    format_value,
+    outside_legend,
+    style_pen,
+    value_plot,
+)
 
 __all__ = ["WeightGradsPanel"]
 
@@ -31,16 +42,15 @@ class WeightGradsPanel(Panel):
         self.graphics = pg.GraphicsLayoutWidget()
         self.body.addWidget(self.graphics)
         self.plots: dict[str, pg.PlotItem] = {}
+        self.marks: dict[str, LogMarks] = {}
         self.step_lines: list[pg.InfiniteLine] = []
         for row, kind in enumerate(WEIGHT_GRAD_KINDS):
-            plot = self.graphics.addPlot(row=row, col=0)
+            plot = value_plot(self.graphics, row, 0)
             symbol, caption = CAPTIONS[kind]
             plot.setLogMode(y=True)
             dress(plot, legend=False)
             plot.setLabel("left", symbol)
             plot.setTitle(caption, size="9pt")
-            plot.addLegend(offset=(-10, 5), labelTextSize="8pt", colCount=4,
-                           brush=(0, 0, 0, 150))
             if row:
                 plot.setXLink(self.plots[WEIGHT_GRAD_KINDS[0]])
             if row == len(WEIGHT_GRAD_KINDS) - 1:
@@ -49,7 +59,10 @@ class WeightGradsPanel(Panel):
             plot.addItem(line, ignoreBounds=True)
             self.step_lines.append(line)
             self.plots[kind] = plot
+            self.marks[kind] = LogMarks(plot)
             self.watch_hover(self.graphics, plot, self._describe(kind))
+        # One legend of the gate blocks for the three plots, beside them (never on the data).
+        self.legend = outside_legend(self.graphics, 0, 1, rowspan=len(WEIGHT_GRAD_KINDS))
         self._items: list[tuple[pg.PlotItem, pg.PlotDataItem]] = []
         self._curves: dict[tuple, tuple[pg.PlotItem, pg.PlotDataItem]] = {}
         self._shown: list[dict[str, Any]] = []
@@ -67,6 +80,8 @@ class WeightGradsPanel(Panel):
         """Updates the curves in place: new data only, no new plot items unless new series."""
         self._items, self._shown = [], []
         wanted = set()
+        legend: list = []
+        series: dict[str, list] = {kind: [] for kind in WEIGHT_GRAD_KINDS}
         for index, run in enumerate(runs):
             layer = self.collection.layer_for(run)
             if layer is None:
@@ -79,20 +94,31 @@ class WeightGradsPanel(Panel):
                 names = run.block_names(layer, values.shape[1])
                 plot = self.plots[kind]
                 for block, name in enumerate(names):
-                    shown = values[:, block].copy()
-                    shown[~(np.isfinite(shown) & (shown > 0))] = np.nan
-                    label = name if len(runs) == 1 else f"{run.name}: {name}"
+                    color = self.collection.color_index(run)
+                    pen = block_pen(name, block, 0) if len(runs) == 1 else \
+                        compare_pen(name, block, color)
+                    if not any(label == name for _, label in legend):
+                        legend.append((pen if len(runs) == 1 else style_pen(name, block), name))
                     key = (index, run.name, kind, block, name, len(runs))
                     wanted.add(key)
                     if key not in self._curves:
-                        item = plot.plot(connect="finite", pen=block_pen(name, block, index),
-                                         name=label)
+                        item = plot.plot(connect="finite", name=name)
                         self._curves[key] = (plot, item)
                     item = self._curves[key][1]
-                    item.setData(steps.astype(np.float64), shown)
+                    item.setPen(pen)
+                    series[kind].append((item, steps.astype(np.float64), values[:, block],
+                                         pen.color().name()))
                     self._items.append((plot, item))
                 self._shown.append({"run": run.name, "layer": layer, "kind": kind,
                                     "steps": steps, "values": values, "names": names})
+        # Zeros at a floor under each plot's smallest value, NaN/Inf as crosses (LogMarks).
+        for kind, found in series.items():
+            prepared = log_values([values for _, _, values, _ in found])
+            for (item, steps, _, _), values in zip(found, prepared):
+                item.setData(steps, values.shown)
+            self.marks[kind].update([(steps, values, color) for (_, steps, _, color), values
+                                     in zip(found, prepared)])
+        self.legend.set_entries(sorted(legend, key=block_order))
         for key in [k for k in self._curves if k not in wanted]:
             plot, item = self._curves.pop(key)
             plot.removeItem(item)
