@@ -56,6 +56,15 @@ GATE_NAMES = ("i", "f", "z", "o", "r", "u")
 STATE_KINDS = ("h", "c")
 HEATMAP_KINDS = ("h", "c", "i", "f", "z", "o", "grad_h")
 WEIGHT_GRAD_KINDS = ("kernel_grad_norm", "recurrent_kernel_grad_norm", "bias_grad_norm")
+# The LSTM variants' weight-gradient frames (the probe's `weight_grad_norm`): one norm per
+# peephole vector (an array of one value, keyed by its gate), and FGR's G per column block.
+PEEPHOLE_GRAD_KINDS = {
+    "i": "input_gate_peephole_weights_grad_norm",
+    "f": "forget_gate_peephole_weights_grad_norm",
+    "o": "output_gate_peephole_weights_grad_norm",
+}
+GATE_RECURRENT_GRAD_KIND = "gate_recurrent_kernel_grad_norm"
+GATE_RECURRENT_BLOCKS = ("i", "f", "o")
 
 
 def find_runs(root: str | os.PathLike) -> list[Path]:
