@@ -42,8 +42,17 @@ CAPTIONS = {
     PEEPHOLE_PLOT: ("‖∂L/∂p‖", "peepholes p"),
     GATE_RECURRENT_GRAD_KIND: ("‖∂L/∂G‖", "gate recurrence G (column blocks)"),
 }
-# The plots, top to bottom. The last two are only on screen while a shown run has their frames.
-PLOT_KEYS = (*WEIGHT_GRAD_KINDS, PEEPHOLE_PLOT, GATE_RECURRENT_GRAD_KIND)
+# The plots and their (row, column): W, U, b down the first column; the peepholes and G beside
+# them, on screen only while a shown run has their frames (a hidden column takes no room, so a
+# lecture cell's run keeps the whole width, and five plots never share one column's height).
+PLACES = {
+    WEIGHT_GRAD_KINDS[0]: (0, 0),
+    WEIGHT_GRAD_KINDS[1]: (1, 0),
+    WEIGHT_GRAD_KINDS[2]: (2, 0),
+    PEEPHOLE_PLOT: (0, 1),
+    GATE_RECURRENT_GRAD_KIND: (1, 1),
+}
+PLOT_KEYS = tuple(PLACES)
 # The widest labels of a log axis (pyqtgraph writes 1e-5 as 10⁻⁵, 5e-4 as 0.0005).
 TICK_TEXT_SAMPLES = ("0.0005", "5·10⁻⁵", "2·10⁻¹⁰")
 
@@ -51,7 +60,7 @@ TICK_TEXT_SAMPLES = ("0.0005", "5·10⁻⁵", "2·10⁻¹⁰")
 class WeightGradsPanel(Panel):
     """Log-scale plots sharing the step axis: a line per gate block (colour) and run.
 
-    ‖∂L/∂W‖, ‖∂L/∂U‖ and ‖∂L/∂b‖ always; below them, only while a shown run has the frames,
+    ‖∂L/∂W‖, ‖∂L/∂U‖ and ‖∂L/∂b‖ always; beside them, only while a shown run has the frames,
     the peephole vectors (a line p_i, p_f, p_o per gate) and FGR's gate recurrence G (a line
     per column block i, f, o).
     """
@@ -66,8 +75,8 @@ class WeightGradsPanel(Panel):
         self.plots: dict[str, pg.PlotItem] = {}
         self.marks: dict[str, LogMarks] = {}
         self.step_lines: list[pg.InfiniteLine] = []
-        for row, key in enumerate(PLOT_KEYS):
-            plot = value_plot(self.graphics, row, 0)
+        for key, (row, col) in PLACES.items():
+            plot = value_plot(self.graphics, row, col)
             symbol, caption = CAPTIONS[key]
             plot.setLogMode(y=True)
             dress(plot, legend=False)
@@ -79,7 +88,7 @@ class WeightGradsPanel(Panel):
                 autoExpandTextSpace=False,
                 tickTextWidth=max(font.horizontalAdvance(t) for t in TICK_TEXT_SAMPLES) + 2)
             plot.setTitle(caption, size="9pt")
-            if row:
+            if key != PLOT_KEYS[0]:
                 plot.setXLink(self.plots[PLOT_KEYS[0]])
             line = pg.InfiniteLine(angle=90, pen=pg.mkPen("#888888"))
             plot.addItem(line, ignoreBounds=True)
@@ -88,29 +97,30 @@ class WeightGradsPanel(Panel):
             self.marks[key] = LogMarks(plot)
             self.watch_hover(self.graphics, plot, self._describe(key))
         # One legend of the gate blocks for all plots, beside them (never on the data).
-        self.legend = outside_legend(self.graphics, 0, 1, rowspan=len(WEIGHT_GRAD_KINDS))
+        self.legend = outside_legend(self.graphics, 0, 2, rowspan=len(WEIGHT_GRAD_KINDS))
         self._items: list[tuple[pg.PlotItem, pg.PlotDataItem]] = []
         self._curves: dict[tuple, tuple[pg.PlotItem, pg.PlotDataItem]] = {}
         self._shown: list[dict[str, Any]] = []
         self._data_key: Any = None
-        self._bottom: str | None = None
+        self._lowest: dict[int, str] = {}
         self._show_plots(WEIGHT_GRAD_KINDS)
 
     def visible_plots(self) -> list[str]:
-        """The plots on screen, top to bottom."""
+        """The plots on screen, column by column, top to bottom."""
         return [key for key in PLOT_KEYS if self.plots[key].isVisible()]
 
     def _show_plots(self, keys) -> None:
-        """Shows the plots `keys` (a hidden plot takes no room) and labels the lowest one's
-        step axis."""
+        """Shows the plots `keys` (a hidden plot takes no room) and labels the step axis of
+        the lowest one in each column."""
         keys = [key for key in PLOT_KEYS if key in keys]
-        if keys == self.visible_plots() and self._bottom == keys[-1]:
+        lowest = {PLACES[key][1]: key for key in keys}
+        if keys == self.visible_plots() and self._lowest == lowest:
             return  # a new axis label relays the plots: not on every live redraw
-        self._bottom = keys[-1]
+        self._lowest = lowest
         for key in PLOT_KEYS:
             plot = self.plots[key]
             plot.setVisible(key in keys)
-            plot.setLabel("bottom", "training step" if key == keys[-1] else None)
+            plot.setLabel("bottom", "training step" if key in lowest.values() else None)
 
     def redraw(self) -> None:
         runs = self.collection.shown_runs()
