@@ -18,14 +18,22 @@ import numpy as np
 from PyQt6 import QtCore, QtGui, QtWidgets
 
 from visualizer.follower import RunFollower
-from visualizer.model import DEFAULT_HISTORY, DEFAULT_MEMORY_BUDGET, RunCollection
+from visualizer.model import (
+    DEFAULT_HISTORY,
+    DEFAULT_MEMORY_BUDGET,
+    DEFAULT_STALE_SECONDS,
+    RunCollection,
+)
 from visualizer.panels import PANELS, Panel
+from visualizer.panels.base import RUN_COLORS, run_color
 
 __all__ = ["MainWindow", "SETTINGS_APPLICATION", "SETTINGS_ORGANIZATION", "make_application"]
 
 SETTINGS_ORGANIZATION = "keras-rnnx"
 SETTINGS_APPLICATION = "rnnx-viz"
-_LAYOUT_VERSION = 1
+_LAYOUT_VERSION = 2
+# At most this many runs are ticked by "Compare all": beyond it curves cannot be told apart.
+COMPARE_MAX = len(RUN_COLORS)
 _SEVERITY = {"error": 0, "warning": 1, "info": 2}
 _BANNER_STYLE = {
     "error": "background:#FDECEA; color:#B71C1C; padding:4px; border:1px solid #E57373;",
@@ -39,6 +47,8 @@ SHORTCUTS = (
     ("Ctrl+E / Ctrl+Shift+E", "export the current panel as PNG / its data as CSV"),
     ("Left / Right", "previous / next recorded step"),
     ("Home / End", "first step / follow the newest step"),
+    ("Ctrl+F", "follow the newest live run (on / off)"),
+    ("Ctrl+G", "compare ‖∂L/∂h_t‖ of all runs (up to 8) in one plot"),
     ("Page Up / Page Down", "previous / next layer"),
     ("[ / ]", "previous / next probe sample"),
     ("Ctrl+L", "log scale of the training curves"),
@@ -57,6 +67,8 @@ class MainWindow(QtWidgets.QMainWindow):
         follow: start the reader thread (tests and screenshots read synchronously instead).
         history: frames kept per series at most (see `RunModel`).
         interval_ms: the redraw timer's period.
+        stale_seconds: a run without an end record that has not grown for this long is shown
+            as crashed.
     """
 
     def __init__(
@@ -69,9 +81,11 @@ class MainWindow(QtWidgets.QMainWindow):
         history: int = DEFAULT_HISTORY,
         memory_budget: int = DEFAULT_MEMORY_BUDGET,
         interval_ms: int = 33,
+        stale_seconds: float = DEFAULT_STALE_SECONDS,
     ) -> None:
         super().__init__()
         self.settings = settings
+        self.stale_seconds = stale_seconds
         self.history = history
         self.memory_budget = memory_budget
         self.follow_enabled = follow
@@ -92,8 +106,8 @@ class MainWindow(QtWidgets.QMainWindow):
         for name, panel in self.panels.items():
             self.docks[name] = self._dock(panel.title, name, panel)
         self.runs_list = QtWidgets.QListWidget()
-        self.runs_list.setToolTip("Tick runs to compare them; the selected run drives the "
-                                  "layer, sample and step selectors")
+        self.runs_list.setToolTip("Tick runs to compare them; click a run to show it (and stop "
+                                  "following the newest run)")
         self.runs_list.itemChanged.connect(self._run_checked)
         self.runs_list.currentRowChanged.connect(self._run_selected)
         self.docks["runs"] = self._dock("Runs", "runs", self.runs_list)
@@ -104,6 +118,11 @@ class MainWindow(QtWidgets.QMainWindow):
         self.banner.setTextInteractionFlags(QtCore.Qt.TextInteractionFlag.TextSelectableByMouse)
         self.banner.hide()
         self.banner_severity: str | None = None
+        # The runs on screen, in their colours: the legend of every panel, outside the data.
+        self.legend = QtWidgets.QLabel()
+        self.legend.setWordWrap(True)
+        self.legend.setTextFormat(QtCore.Qt.TextFormat.RichText)
+        self.legend.setToolTip("The runs shown, in the colour each has in every panel")
 
         self.slider = QtWidgets.QSlider(QtCore.Qt.Orientation.Horizontal)
         self.slider.setToolTip("Training step: drag to scrub the history (Left/Right, Home/End)")
@@ -126,6 +145,7 @@ class MainWindow(QtWidgets.QMainWindow):
         column = QtWidgets.QVBoxLayout(central)
         column.setContentsMargins(4, 4, 4, 4)
         column.addWidget(self.banner)
+        column.addWidget(self.legend)
         column.addWidget(self.dock_area, 1)
         column.addLayout(step_bar)
         self.setCentralWidget(central)
@@ -143,6 +163,22 @@ class MainWindow(QtWidgets.QMainWindow):
         toolbar.addWidget(self.layer_box)
         toolbar.addWidget(QtWidgets.QLabel("  Sample "))
         toolbar.addWidget(self.sample_box)
+        toolbar.addSeparator()
+        self.follow_button = QtWidgets.QToolButton()
+        self.follow_button.setText("Follow newest run")
+        self.follow_button.setCheckable(True)
+        self.follow_button.setChecked(self.collection.follow_newest)
+        self.follow_button.setToolTip("Show the newest live run and switch to each run that "
+                                      "starts later (Ctrl+F); choosing a run turns it off")
+        self.follow_button.toggled.connect(self._follow_toggled)
+        toolbar.addWidget(self.follow_button)
+        self.compare_button = QtWidgets.QToolButton()
+        self.compare_button.setText("Compare ‖∂L/∂h_t‖ of all runs")
+        self.compare_button.setToolTip(
+            f"Tick every run (up to {COMPARE_MAX}) and show their gradient through time in one "
+            f"plot at the current step (Ctrl+G)")
+        self.compare_button.clicked.connect(lambda _checked=False: self.compare_all())
+        toolbar.addWidget(self.compare_button)
 
         self._build_menus()
         QtWidgets.QApplication.instance().focusChanged.connect(self._focus_changed)
@@ -160,7 +196,8 @@ class MainWindow(QtWidgets.QMainWindow):
     def _make_collection(self, paths, compare) -> RunCollection:
         self._compare_roots = [Path(p) for p in compare]
         collection = RunCollection(
-            [*paths, *compare], history=self.history, memory_budget=self.memory_budget
+            [*paths, *compare], history=self.history, memory_budget=self.memory_budget,
+            stale_seconds=self.stale_seconds,
         )
         self._mark_compared(collection)
         return collection
@@ -182,22 +219,23 @@ class MainWindow(QtWidgets.QMainWindow):
         return dock
 
     def default_layout(self) -> None:
-        """Heatmap and curves on the left; gradient flow over the other panels on the right."""
+        """The run list at the far left; heatmap and curves; gradient flow over the others."""
         area = self.dock_area
         left, right = QtCore.Qt.DockWidgetArea.LeftDockWidgetArea, \
             QtCore.Qt.DockWidgetArea.RightDockWidgetArea
+        horizontal, vertical = QtCore.Qt.Orientation.Horizontal, QtCore.Qt.Orientation.Vertical
         for dock in self.docks.values():
             dock.setFloating(False)
             dock.show()
-        area.addDockWidget(left, self.docks["state_heatmap"])
+        area.addDockWidget(left, self.docks["runs"])
+        area.splitDockWidget(self.docks["runs"], self.docks["state_heatmap"], horizontal)
         area.addDockWidget(right, self.docks["gradient_flow"])
-        area.splitDockWidget(self.docks["state_heatmap"], self.docks["training_curves"],
-                             QtCore.Qt.Orientation.Vertical)
-        area.splitDockWidget(self.docks["gradient_flow"], self.docks["jacobian"],
-                             QtCore.Qt.Orientation.Vertical)
-        for name in ("weight_grads", "overview", "runs"):
+        area.splitDockWidget(self.docks["state_heatmap"], self.docks["training_curves"], vertical)
+        area.splitDockWidget(self.docks["gradient_flow"], self.docks["jacobian"], vertical)
+        for name in ("weight_grads", "overview"):
             area.tabifyDockWidget(self.docks["jacobian"], self.docks[name])
         self.docks["jacobian"].raise_()
+        area.resizeDocks([self.docks["runs"]], [200], horizontal)
 
     def _build_menus(self) -> None:
         bar = self.menuBar()
@@ -227,6 +265,9 @@ class MainWindow(QtWidgets.QMainWindow):
         self._action(go, "&Next step", "Right", lambda: self.step_by(1))
         self._action(go, "&First step", "Home", self.first_step)
         self._action(go, "Follow the &newest step", "End", self.follow_live)
+        self._action(go, "Follow the newest &run", "Ctrl+F",
+                     lambda: self.follow_button.toggle())
+        self._action(go, "&Compare ‖∂L/∂h_t‖ of all runs", "Ctrl+G", self.compare_all)
         go.addSeparator()
         self._action(go, "Previous &layer", "PgUp", lambda: self.layer_by(-1))
         self._action(go, "Next l&ayer", "PgDown", lambda: self.layer_by(1))
@@ -250,11 +291,14 @@ class MainWindow(QtWidgets.QMainWindow):
 
     def tick(self, force: bool = False) -> None:
         """Syncs the selectors with the runs and redraws the visible panels that changed."""
+        self.collection.follow_newest_run()
         key = (self.collection.data_version(), self.collection.current_step(),
-               self.collection.current_layer())
+               self.collection.current_layer(), self.collection.statuses(),
+               self.collection.follow_newest)
         if force or key != self._sync_key:
             self._sync_key = key
             self._sync_runs()
+            self._sync_legend()
             self._sync_selectors()
             self._sync_steps()
             self._sync_banner()
@@ -281,9 +325,11 @@ class MainWindow(QtWidgets.QMainWindow):
                 if item is None:
                     item = QtWidgets.QListWidgetItem(text)
                     item.setFlags(item.flags() | QtCore.Qt.ItemFlag.ItemIsUserCheckable)
+                    item.setIcon(_swatch(run_color(c.color_index(run))))
                     self.runs_list.addItem(item)
                 if item.text() != text:
                     item.setText(text)
+                    item.setToolTip(run.status_detail())
                 state = QtCore.Qt.CheckState.Checked if id(run) in shown else \
                     QtCore.Qt.CheckState.Unchecked
                 if item.checkState() != state:
@@ -294,8 +340,21 @@ class MainWindow(QtWidgets.QMainWindow):
                     item.setFont(font)
             if c.runs and self.runs_list.currentRow() != c.primary_index:
                 self.runs_list.setCurrentRow(c.primary_index)
+            if self.follow_button.isChecked() != c.follow_newest:
+                self.follow_button.setChecked(c.follow_newest)
         finally:
             self._updating = False
+
+    def _sync_legend(self) -> None:
+        c = self.collection
+        entries = []
+        for run in c.shown_runs():
+            color = run_color(c.color_index(run))
+            entries.append(f'<span style="color:{color}; font-size:14pt">■</span>&nbsp;'
+                           f'{_html(run.name)} <span style="color:#777">[{run.status}]</span>')
+        follow = " · following the newest run" if c.follow_newest else ""
+        self.legend.setText("&nbsp;&nbsp;&nbsp;".join(entries) + follow if entries else "")
+        self.legend.setVisible(bool(entries))
 
     def _sync_selectors(self) -> None:
         c = self.collection
@@ -446,7 +505,26 @@ class MainWindow(QtWidgets.QMainWindow):
     def _run_selected(self, row: int) -> None:
         if self._updating or row < 0:
             return
-        self.collection.set_primary(row)
+        self.collection.choose(row)
+        self.tick()
+
+    def _follow_toggled(self, checked: bool) -> None:
+        if self._updating:
+            return
+        self.collection.set_follow_newest(checked)
+        self.tick()
+
+    def compare_all(self) -> None:
+        """Ticks every run (the newest `COMPARE_MAX`) and shows ‖∂L/∂h_t‖ of all in one plot."""
+        c = self.collection
+        order = sorted(range(len(c.runs)), key=lambda k: (c.runs[k].start_time or 0.0, k))
+        chosen = [k for k in order[-COMPARE_MAX:] if k != c.primary_index]
+        if c.primary_index not in order[-COMPARE_MAX:] and len(chosen) == COMPARE_MAX:
+            chosen = chosen[1:]
+        c.set_compared(chosen)
+        # The lecture's picture: the curves of all runs get the whole panel.
+        self.panels["gradient_flow"].show_maps.setChecked(False)
+        self.show_panel("gradient_flow")
         self.tick()
 
     def step_by(self, delta: int) -> None:
@@ -620,6 +698,16 @@ class MainWindow(QtWidgets.QMainWindow):
         self._stop_follower()
         self.save_settings()
         super().closeEvent(event)
+
+
+def _swatch(color: str) -> QtGui.QIcon:
+    pixmap = QtGui.QPixmap(12, 12)
+    pixmap.fill(QtGui.QColor(color))
+    return QtGui.QIcon(pixmap)
+
+
+def _html(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def make_application(argv: Sequence[str] | None = None) -> QtWidgets.QApplication:

@@ -29,10 +29,15 @@ from keras_rnnx.runlog import LOG_FILE_NAME, NonFinite, RunLogError, RunReader
 __all__ = [
     "DEFAULT_HISTORY",
     "DEFAULT_MEMORY_BUDGET",
+    "DEFAULT_STALE_SECONDS",
+    "LogValues",
     "RunCollection",
     "RunModel",
     "find_runs",
+    "grid_shape",
     "heatmap_image",
+    "log_floor",
+    "log_values",
     "nice_bound",
     "quantity_levels",
     "uniform_rows",
@@ -40,6 +45,10 @@ __all__ = [
 
 DEFAULT_HISTORY = 256
 DEFAULT_MEMORY_BUDGET = 512 << 20
+# A run log without an end record that has not grown for this long is taken as crashed. The
+# monitor hands batch losses to its writer every 0.05 s and flushes every 0.1 s while training;
+# only a long validation pass or a first trace of a large model is quiet for a minute.
+DEFAULT_STALE_SECONDS = 120.0
 _SCAN_DEPTH = 4
 _RESCAN_SECONDS = 2.0
 
@@ -147,6 +156,101 @@ def uniform_rows(
     return grid, rows[np.clip(index, 0, len(steps) - 1)]
 
 
+def grid_shape(count: int, width: float, height: float, aspect: float = 2.0,
+               margin: tuple[float, float] = (0.0, 0.0)) -> tuple[int, int]:
+    """`(rows, columns)` of a grid of `count` small multiples in a `width` × `height` area.
+
+    Picks the column count that makes the cells' data areas largest when each wants to be
+    `aspect` times as wide as it is tall (a heatmap of time × units is wide); `margin` is the
+    `(width, height)` each cell spends on its axes and title. Ties go to fewer rows.
+    """
+    if count <= 0:
+        return 0, 0
+    width, height = max(float(width), 1.0), max(float(height), 1.0)
+    best = None
+    for columns in range(1, count + 1):
+        rows = -(-count // columns)
+        cell_w = max(width / columns - margin[0], 1.0)
+        cell_h = max(height / rows - margin[1], 1.0)
+        scale = min(cell_w / aspect, cell_h)  # the height a cell of the wanted aspect gets
+        key = (round(scale, 6), -rows)
+        if best is None or key > best[0]:
+            best = (key, (rows, columns))
+    return best[1]
+
+
+def log_floor(arrays: Sequence[np.ndarray], decades_below: int = 1) -> float:
+    """Where a log axis draws values of exactly 0: a power of ten `decades_below` decades under
+    the smallest positive finite value of `arrays` (1e-30 if none is positive)."""
+    smallest = math.inf
+    for array in arrays:
+        array = np.asarray(array, dtype=np.float64)
+        positive = array[np.isfinite(array) & (array > 0)]
+        if positive.size:
+            smallest = min(smallest, float(positive.min()))
+    if not math.isfinite(smallest):
+        return 1e-30
+    return 10.0 ** (math.floor(math.log10(smallest)) - decades_below)
+
+
+class LogValues:
+    """One series prepared for a log axis: what is drawn, and where the values it cannot draw are.
+
+    Attributes:
+        values: the series as given (float64).
+        shown: positive finite values, NaN elsewhere (the line is broken there).
+        zeros: indices of values exactly 0 (drawn at `floor` with their own marker).
+        negative: indices of finite values below 0 (not representable on a log axis).
+        nan, posinf, neginf: indices of NaN, +Inf and -Inf values.
+        floor: where the zeros are drawn.
+    """
+
+    def __init__(self, values: np.ndarray, floor: float) -> None:
+        self.values = np.asarray(values, dtype=np.float64).reshape(-1)
+        self.floor = float(floor)
+        finite = np.isfinite(self.values)
+        good = finite & (self.values > 0)
+        self.shown = np.where(good, self.values, np.nan)
+        self.zeros = np.flatnonzero(self.values == 0)
+        self.negative = np.flatnonzero(finite & (self.values < 0))
+        self.nan = np.flatnonzero(np.isnan(self.values))
+        self.posinf = np.flatnonzero(self.values == np.inf)
+        self.neginf = np.flatnonzero(self.values == -np.inf)
+
+    @property
+    def nonfinite(self) -> np.ndarray:
+        """Indices of NaN and ±Inf values, sorted."""
+        return np.sort(np.concatenate([self.nan, self.posinf, self.neginf]))
+
+    def note(self, what: str = "value") -> str | None:
+        """A sentence on what is not drawn as a point of the line, or None if everything is."""
+        parts = []
+        if self.zeros.size:
+            parts.append(f"{self.zeros.size} {what}s = 0 drawn at the floor "
+                         f"{self.floor:.0e} (▽){_index_range(self.zeros)}")
+        for name, found in (("NaN", self.nan), ("+Inf", self.posinf), ("-Inf", self.neginf),
+                            ("< 0", self.negative)):
+            if found.size:
+                parts.append(f"{found.size} {name}{_index_range(found)} (✕)")
+        return "; ".join(parts) if parts else None
+
+
+def _index_range(indices: np.ndarray) -> str:
+    if not indices.size:
+        return ""
+    first, last = int(indices[0]), int(indices[-1])
+    if first == last:
+        return f" at {first}"
+    contiguous = last - first + 1 == indices.size
+    return f" at {first}–{last}" if contiguous else f" between {first} and {last}"
+
+
+def log_values(arrays: Sequence[np.ndarray], decades_below: int = 1) -> list[LogValues]:
+    """`LogValues` of each of `arrays` with one floor shared by all of them (see `log_floor`)."""
+    floor = log_floor(arrays, decades_below)
+    return [LogValues(a, floor) for a in arrays]
+
+
 class RunModel:
     """One run as the viewer sees it: a `RunReader` with a bounded history, and its status.
 
@@ -162,6 +266,7 @@ class RunModel:
         name: str | None = None,
         history: int = DEFAULT_HISTORY,
         memory_budget: int = DEFAULT_MEMORY_BUDGET,
+        stale_seconds: float = DEFAULT_STALE_SECONDS,
     ) -> None:
         if history < 2:
             raise ValueError(f"Invalid value for argument `history`: expected >= 2, got {history}.")
@@ -173,8 +278,10 @@ class RunModel:
         self.error: str | None = None
         self.deleted = False
         self.max_frames: int | None = None
+        self.stale_seconds = float(stale_seconds)
         self._reader: RunReader | None = None
         self._lock = threading.Lock()
+        self._modified: float | None = None  # the log's mtime when last polled (Unix seconds)
 
     def __repr__(self) -> str:
         return f"RunModel({str(self.path)!r}, status={self.status!r})"
@@ -187,6 +294,7 @@ class RunModel:
             return 0
         with self._lock:
             try:
+                self._modified = _mtime(self.path)
                 return self._poll(max_records)
             except RunLogError as error:
                 self._fail(str(error))
@@ -240,7 +348,14 @@ class RunModel:
 
     @property
     def status(self) -> str:
-        """`"error"`, `"deleted"`, `"waiting"` (no record yet), `"finished"` or `"live"`."""
+        """`"error"`, `"deleted"`, `"waiting"` (no record yet), `"live"`, `"finished"` or
+        `"crashed"`.
+
+        A run is finished when its log ends with an end record of status `"ok"` (RNNMonitor
+        writes it at `on_train_end`), crashed when the end record says anything else (an
+        exception in `fit`, "closed at exit") or when there is no end record and the log has not
+        grown for `stale_seconds` (the writing process was killed or hangs), and live otherwise.
+        """
         if self.deleted:
             return "deleted"
         if self.error is not None:
@@ -248,7 +363,37 @@ class RunModel:
         reader = self._reader
         if reader is None or reader.format_version is None:
             return "waiting"
-        return "finished" if reader.finished else "live"
+        if reader.finished:
+            return "finished" if reader.end_status == "ok" else "crashed"
+        if self._modified is not None and time.time() - self._modified > self.stale_seconds:
+            return "crashed"
+        return "live"
+
+    def status_detail(self) -> str:
+        """One sentence on the status, for the run list's tool tip."""
+        status = self.status
+        reader = self._reader
+        if status == "finished":
+            return f"{self.name}: finished (the log ends with its end record)"
+        if status == "crashed" and reader is not None and reader.finished:
+            return f"{self.name}: ended abnormally (end record: {reader.end_status})"
+        if status == "crashed":
+            quiet = time.time() - (self._modified or time.time())
+            return (f"{self.name}: no end record and nothing written for {quiet:.0f} s (more than "
+                    f"{self.stale_seconds:g} s): the training process was killed or hangs")
+        if status == "live":
+            return f"{self.name}: live (being written)"
+        message = self.message()
+        return message[1] if message else f"{self.name}: {status}"
+
+    @property
+    def start_time(self) -> float | None:
+        """When the run log was started (Unix seconds, from its first record), None before."""
+        reader = self._reader
+        if reader is None or reader.format_version is None:
+            return None
+        start = reader.meta.get("start_time")
+        return float(start) if isinstance(start, (int, float)) else self._modified
 
     @property
     def meta(self) -> dict[str, Any]:
@@ -451,6 +596,13 @@ class RunModel:
         return kept, read
 
 
+def _mtime(path: Path) -> float | None:
+    try:
+        return (path / LOG_FILE_NAME if path.is_dir() else path).stat().st_mtime
+    except OSError:
+        return None
+
+
 def _meta_step_bytes(meta: dict[str, Any]) -> int:
     """Bytes of the bulky frames of one probe step, as far as the meta describes them."""
     layers = meta.get("layers")
@@ -476,9 +628,14 @@ class RunCollection:
     """The runs found under `paths`, and the selection: step, layer, sample, compared runs.
 
     New runs appearing under a directory of runs are picked up by `poll()` (every couple of
-    seconds). The first run is the primary one: its layers, samples and steps drive the
-    selectors; the compared runs are drawn beside it (the same layer name, or the same layer
-    position when the names differ).
+    seconds). The primary run's layers, samples and steps drive the selectors; the compared runs
+    are drawn beside it (the same layer name, or the same layer position when the names differ).
+
+    While `follow_newest` is on (the default), `follow_newest_run()` makes the newest live run
+    the primary one, so a viewer opened on a directory of runs shows the run being trained and
+    moves on to the next one when it starts. Choosing a run (`choose`) turns it off.
+
+    Each run keeps one colour index (`color_index`) however it is shown.
     """
 
     def __init__(
@@ -487,12 +644,15 @@ class RunCollection:
         *,
         history: int = DEFAULT_HISTORY,
         memory_budget: int = DEFAULT_MEMORY_BUDGET,
+        stale_seconds: float = DEFAULT_STALE_SECONDS,
     ) -> None:
         self.roots = [Path(p) for p in paths]
         if not self.roots:
             raise ValueError("Invalid value for argument `paths`: expected at least one path.")
         self.history = history
         self.memory_budget = memory_budget
+        self.stale_seconds = float(stale_seconds)
+        self.follow_newest = True
         self.runs: list[RunModel] = []
         self.version = 0  # bumps when runs appear or the selection changes
         self.primary_index = 0
@@ -518,7 +678,7 @@ class RunCollection:
                 known.add(path.resolve())
                 self.runs.append(
                     RunModel(path, name=self._name_for(root, path), history=self.history,
-                             memory_budget=self.memory_budget)
+                             memory_budget=self.memory_budget, stale_seconds=self.stale_seconds)
                 )
                 added = True
         if added:
@@ -595,6 +755,65 @@ class RunCollection:
             self.primary_index = index
             self.layer = None
             self.version += 1
+
+    def choose(self, index: int) -> None:
+        """The user's choice of primary run: it stays until they choose again or follow."""
+        self.set_follow_newest(False)
+        self.set_primary(index)
+
+    def set_follow_newest(self, on: bool) -> None:
+        """Turns following the newest live run on or off.
+
+        Turning it on switches to the newest live run now, or, when no run is live, to the run
+        that started last (the one trained last, once a series of runs has finished).
+        """
+        if bool(on) != self.follow_newest:
+            self.follow_newest = bool(on)
+            self.version += 1
+        if on and not self.follow_newest_run() and self.newest_live_index() is None:
+            started = [(run.start_time or 0.0, k) for k, run in enumerate(self.runs)
+                       if run.start_time is not None]
+            if started:
+                self.set_primary(max(started)[1])
+                self.follow()
+
+    def newest_live_index(self) -> int | None:
+        """The index of the live run that started last, or None if no run is live."""
+        best = None
+        for index, run in enumerate(self.runs):
+            if run.status != "live":
+                continue
+            key = (run.start_time or 0.0, index)
+            if best is None or key > best[0]:
+                best = (key, index)
+        return None if best is None else best[1]
+
+    def follow_newest_run(self) -> bool:
+        """With `follow_newest` on, makes the newest live run primary (at its newest step).
+
+        Returns whether the primary run changed. The run shown before stays compared when it
+        was ticked for comparison; otherwise it is simply replaced.
+        """
+        if not self.follow_newest:
+            return False
+        index = self.newest_live_index()
+        if index is None or index == self.primary_index:
+            return False
+        self.set_primary(index)
+        self.set_compared([k for k in self.compared if k != index])
+        self.follow()
+        return True
+
+    def color_index(self, run: RunModel) -> int:
+        """The run's colour: its position among the open runs, whichever runs are shown."""
+        for index, candidate in enumerate(self.runs):
+            if candidate is run:
+                return index
+        return 0
+
+    def statuses(self) -> tuple[str, ...]:
+        """The status of every open run (the run list redraws when this changes)."""
+        return tuple(run.status for run in self.runs)
 
     def set_compared(self, indices: Sequence[int]) -> None:
         indices = sorted({int(k) for k in indices if 0 <= int(k) < len(self.runs)})

@@ -24,8 +24,14 @@ __all__ = [
     "BLOCK_COLORS",
     "RUN_COLORS",
     "HeatmapCell",
+    "LogMarks",
     "Panel",
     "block_pen",
+    "compare_pen",
+    "fill_legend",
+    "outside_legend",
+    "style_pen",
+    "run_color",
     "format_value",
     "TimeAxis",
     "dress",
@@ -35,8 +41,10 @@ __all__ = [
     "time_plot",
 ]
 
-# Colour-blind-safe (Okabe-Ito) colours: one per run, and one per gate block.
-RUN_COLORS = ("#56B4E9", "#E69F00", "#009E73", "#F0E442", "#CC79A7", "#D55E00", "#0072B2")
+# Colour-blind-safe (Okabe-Ito) colours: one per run (Okabe-Ito's black is a light grey here,
+# on the dark plot background), and one per gate block.
+RUN_COLORS = ("#56B4E9", "#E69F00", "#009E73", "#F0E442", "#CC79A7", "#D55E00", "#0072B2",
+              "#BBBBBB")
 BLOCK_COLORS = {
     "i": "#56B4E9",
     "f": "#009E73",
@@ -59,10 +67,15 @@ SEQUENTIAL = "viridis"  # for gates in [0, 1]
 MAGNITUDE = "inferno"  # for log-magnitudes
 
 
+def run_color(index: int) -> str:
+    """The colour of run `index` (`RunCollection.color_index`), the same in every panel."""
+    return RUN_COLORS[index % len(RUN_COLORS)]
+
+
 def run_pen(
     index: int, *, width: float = 2.0, style: QtCore.Qt.PenStyle | None = None
 ) -> QtGui.QPen:
-    pen = pg.mkPen(RUN_COLORS[index % len(RUN_COLORS)], width=width)
+    pen = pg.mkPen(run_color(index), width=width)
     if style is not None:
         pen.setStyle(style)
     return pen
@@ -73,6 +86,18 @@ def block_pen(name: str, block_index: int, run_index: int) -> QtGui.QPen:
     color = BLOCK_COLORS.get(name, _EXTRA_COLORS[block_index % len(_EXTRA_COLORS)])
     pen = pg.mkPen(color, width=2)
     pen.setStyle(_RUN_STYLES[run_index % len(_RUN_STYLES)])
+    return pen
+
+
+def compare_pen(block_index: int, run_index: int) -> QtGui.QPen:
+    """With several runs on one plot: colour by run, line style by gate block."""
+    return run_pen(run_index, style=_RUN_STYLES[block_index % len(_RUN_STYLES)])
+
+
+def style_pen(block_index: int) -> QtGui.QPen:
+    """The neutral pen that stands for gate block `block_index` in a legend of line styles."""
+    pen = pg.mkPen("#DDDDDD", width=2)
+    pen.setStyle(_RUN_STYLES[block_index % len(_RUN_STYLES)])
     return pen
 
 
@@ -159,6 +184,90 @@ def dress(plot: pg.PlotItem, *, legend: bool = True, grid_alpha: float = 0.25) -
     plot.showGrid(x=True, y=True, alpha=grid_alpha)
     if legend:
         plot.addLegend(offset=(-10, 10), labelTextSize="8pt", brush=(0, 0, 0, 150))
+
+
+def outside_legend(layout: pg.GraphicsLayout, row: int, col: int,
+                   rowspan: int = 1) -> pg.LegendItem:
+    """A legend in its own layout cell beside a plot, so that it never covers the data."""
+    legend = pg.LegendItem(labelTextSize="8pt", verSpacing=-4)
+    legend.setSizePolicy(QtWidgets.QSizePolicy.Policy.Fixed,
+                         QtWidgets.QSizePolicy.Policy.Preferred)
+    layout.addItem(legend, row=row, col=col, rowspan=rowspan)
+    return legend
+
+
+def fill_legend(legend: pg.LegendItem, entries: Sequence[tuple[QtGui.QPen, str]]) -> None:
+    """Replaces the entries of `legend` by `(pen, label)` samples (only when they change)."""
+    key = [(pen.color().name(), int(pen.style().value), label) for pen, label in entries]
+    if getattr(legend, "_rnnx_key", None) == key:
+        return
+    legend._rnnx_key = key
+    legend.clear()
+    for pen, label in entries:
+        legend.addItem(pg.PlotDataItem(pen=pen), label)
+
+
+class LogMarks:
+    """What a log axis cannot draw as a line, drawn on `plot` all the same (see `LogValues`).
+
+    Values of exactly 0 become hollow down-triangles at the stated floor, with a dotted line
+    labelled with the floor; NaN and ±Inf become crosses at the top of the data (with their
+    index on the hover read-out). `update` takes `(x, LogValues, colour)` per series.
+    """
+
+    def __init__(self, plot: pg.PlotItem) -> None:
+        self.plot = plot
+        self.zero_items: list[pg.ScatterPlotItem] = []
+        self.bad_items: list[pg.ScatterPlotItem] = []
+        self.floor_line = pg.InfiniteLine(
+            angle=0, pen=pg.mkPen("#AAAAAA", width=1, style=QtCore.Qt.PenStyle.DotLine),
+            label="", labelOpts={"position": 0.98, "color": "#CCCCCC",
+                                 "anchors": [(1, 1), (1, 1)]},
+        )
+        self.floor_line.setVisible(False)
+        plot.addItem(self.floor_line)
+        self.floor: float | None = None
+        self.zero_count = 0
+        self.bad_count = 0
+
+    def update(self, series: Sequence[tuple[np.ndarray, Any, str]]) -> None:
+        for item in self.zero_items + self.bad_items:
+            self.plot.removeItem(item)
+        self.zero_items, self.bad_items = [], []
+        log = self.plot.ctrl.logYCheck.isChecked()
+        tops = [np.nanmax(v.shown) for _, v, _ in series if np.isfinite(v.shown).any()]
+        top = max(tops) * 3 if tops else 1.0
+        # Items other than PlotDataItem are placed in view coordinates: log10 on a log axis.
+        place = (lambda v: math.log10(v)) if log else (lambda v: v)
+        self.zero_count = self.bad_count = 0
+        floor = None
+        for x, values, color in series:
+            x = np.asarray(x, dtype=np.float64)
+            if values.zeros.size:
+                floor = values.floor
+                self.zero_count += int(values.zeros.size)
+                item = pg.ScatterPlotItem(
+                    x[values.zeros], np.full(values.zeros.size, place(values.floor)), symbol="t",
+                    size=8, pen=pg.mkPen(color, width=1.5), brush=None,
+                )
+                self.plot.addItem(item)
+                self.zero_items.append(item)
+            bad = values.nonfinite
+            if values.negative.size:
+                bad = np.sort(np.concatenate([bad, values.negative]))
+            if bad.size:
+                self.bad_count += int(bad.size)
+                item = pg.ScatterPlotItem(x[bad], np.full(bad.size, place(top)), symbol="x",
+                                          size=10, pen=pg.mkPen("#FF4040", width=2),
+                                          brush="#FF4040")
+                self.plot.addItem(item)
+                self.bad_items.append(item)
+        self.floor = floor
+        self.floor_line.setVisible(floor is not None)
+        if floor is not None:
+            # InfiniteLine positions are in view coordinates: log10 on a log axis.
+            self.floor_line.setValue(place(floor))
+            self.floor_line.label.setFormat(f"0 drawn at {floor:.0e} (▽)")
 
 
 class Panel(QtWidgets.QWidget):
@@ -342,40 +451,76 @@ class Panel(QtWidgets.QWidget):
 class HeatmapCell:
     """One plot of a heatmap grid: an `ImageItem` with fixed levels and its colour bar."""
 
-    def __init__(self, plot: pg.PlotItem, colormap: str, label: str) -> None:
+    def __init__(self, plot: pg.PlotItem, colormap: str, label: str,
+                 bar: pg.ColorBarItem | None = None) -> None:
         self.plot = plot
         self.image = pg.ImageItem(axisOrder="row-major")
         self.image.setAutoDownsample(False)
         plot.addItem(self.image)
+        # NaN and Inf pixels would be transparent: an overlay paints them in a colour no map
+        # uses (magenta NaN, white +Inf, cyan -Inf).
+        self.marks = pg.ImageItem(axisOrder="row-major")
+        self.marks.setZValue(5)
+        self.marks.setVisible(False)
+        plot.addItem(self.marks)
         self.colormap = colormap
-        self.bar = pg.ColorBarItem(
-            values=(0, 1), colorMap=colormap, interactive=False, label=label, width=14
-        )
-        self.bar.setImageItem(self.image, insert_in=plot)
+        self.shared_bar = bar is not None
+        if bar is None:
+            bar = pg.ColorBarItem(
+                values=(0, 1), colorMap=colormap, interactive=False, label=label, width=14
+            )
+            bar.setImageItem(self.image, insert_in=plot)
+        self.bar = bar
         self.levels = (0.0, 1.0)
         self.shape: tuple[int, ...] | None = None
         self.rect: QtCore.QRectF | None = None
         self.data: np.ndarray | None = None
+        self.nonfinite = 0
+        self._image_rect: QtCore.QRectF | None = None
+
+    def set_rect(self, rect: QtCore.QRectF) -> None:
+        """Places the image (and its NaN/Inf marks) on `rect` of the view."""
+        self._image_rect = rect
+        self.image.setRect(rect)
+        self.marks.setRect(rect)
 
     def show(self, image: np.ndarray | None, levels: tuple[float, float], colormap: str,
              label: str) -> bool:
-        """Draws `image` (float32, C-contiguous) with `levels`; True if its shape changed."""
-        if colormap != self.colormap:
+        """Draws `image` (float32, C-contiguous) with `levels`; True if its shape changed.
+
+        With a shared colour bar, its owner sets the colour map, label and levels of the bar.
+        """
+        if colormap != self.colormap and not self.shared_bar:
             self.colormap = colormap
             self.bar.setColorMap(colormap)
-        if label != self.bar.getAxis("left").labelText:
+        if not self.shared_bar and label != self.bar.getAxis("left").labelText:
             self.bar.getAxis("left").setLabel(label)
         levels = (float(levels[0]), float(levels[1]))
         if levels != self.levels:
             self.levels = levels
-            self.bar.setLevels(levels)
+            if not self.shared_bar:
+                self.bar.setLevels(levels)
         self.data = image
         if image is None:
             self.image.clear()
+            self.marks.setVisible(False)
             changed = self.shape is not None
             self.shape = None
             return changed
         self.image.setImage(image, levels=levels, autoLevels=False)
+        bad = ~np.isfinite(image)
+        self.nonfinite = int(bad.sum())
+        if self.nonfinite:
+            rgba = np.zeros((*image.shape, 4), np.uint8)
+            rgba[np.isnan(image)] = (255, 0, 255, 255)
+            rgba[image == np.inf] = (255, 255, 255, 255)
+            rgba[image == -np.inf] = (0, 255, 255, 255)
+            self.marks.setImage(rgba, autoLevels=False, levels=(0, 255))
+            self.marks.setRect(self._image_rect or QtCore.QRectF(0, 0, image.shape[1],
+                                                                 image.shape[0]))
+            self.marks.setVisible(True)
+        else:
+            self.marks.setVisible(False)
         changed = image.shape != self.shape
         self.shape = image.shape
         return changed

@@ -17,10 +17,14 @@ from visualizer.model import RunCollection
 from visualizer.panels.base import (
     Panel,
     block_pen,
+    compare_pen,
     dress,
+    fill_legend,
     format_value,
+    outside_legend,
     run_pen,
     set_time_ticks,
+    style_pen,
     time_plot,
 )
 
@@ -40,7 +44,8 @@ class JacobianPanel(Panel):
         self.norm_plot = time_plot(self.graphics, 0, 0)
         self.norm_plot.setLabel("left", "‖∂h_t/∂h_{t-1}‖")
         self.norm_plot.setLabel("bottom", "time step t")
-        dress(self.norm_plot)
+        # The runs' colours are the window's legend; the blocks' legend sits beside σ_max.
+        dress(self.norm_plot, legend=False)
         self.norm_plot.addItem(
             pg.InfiniteLine(1.0, angle=0, pen=pg.mkPen("#AAAAAA", style=QtCore.Qt.PenStyle.DotLine),
                             label="1", labelOpts={"position": 0.02, "color": "#AAAAAA"}),
@@ -48,7 +53,8 @@ class JacobianPanel(Panel):
         self.sigma_plot = self.graphics.addPlot(row=1, col=0)
         self.sigma_plot.setLabel("left", "σ_max(recurrent kernel)")
         self.sigma_plot.setLabel("bottom", "training step")
-        dress(self.sigma_plot)
+        dress(self.sigma_plot, legend=False)
+        self.sigma_legend = outside_legend(self.graphics, 1, 1)
         self.step_line = pg.InfiniteLine(angle=90, pen=pg.mkPen("#888888"))
         self.sigma_plot.addItem(self.step_line, ignoreBounds=True)
         self.watch_hover(self.graphics, self.norm_plot, self._describe_norm)
@@ -101,21 +107,16 @@ class JacobianPanel(Panel):
                 values = values[min(sample, values.shape[0] - 1)]
             values = values.reshape(-1)
             self._norms.append({"run": run.name, "layer": layer, "step": frame_step,
-                                "values": values, "tokens": run.tokens(sample), "index": index})
+                                "values": values, "tokens": run.tokens(sample),
+                                "index": self.collection.color_index(run)})
         while len(self._norm_items) > len(self._norms):
             self.norm_plot.removeItem(self._norm_items.pop())
-        legend = self.norm_plot.legend
         for k, shown in enumerate(self._norms):
-            label = f"{shown['run']} · {shown['layer']} · step {shown['step']}"
             if k == len(self._norm_items):
-                self._norm_items.append(self.norm_plot.plot(connect="finite", name=label))
+                self._norm_items.append(self.norm_plot.plot(connect="finite"))
             item = self._norm_items[k]
             item.setPen(run_pen(shown["index"]))
             item.setData(np.arange(len(shown["values"]), dtype=np.float64), shown["values"])
-            if legend is not None and item.name() != label:
-                item.opts["name"] = label
-                legend.removeItem(item)
-                legend.addItem(item, label)
         if self._norms:
             first = self._norms[0]
             set_time_ticks(self.norm_plot.getAxis("bottom"), first["tokens"], len(first["values"]),
@@ -126,7 +127,9 @@ class JacobianPanel(Panel):
             self.sigma_plot.removeItem(item)
         self._sigma_items, self._sigmas = [], []
         thresholds: dict[float, str] = {}
-        for index, run in enumerate(runs):
+        legend: list = []
+        for run in runs:
+            index = self.collection.color_index(run)
             layer = self.collection.layer_for(run)
             if layer is None:
                 continue
@@ -137,11 +140,14 @@ class JacobianPanel(Panel):
             names = run.block_names(layer, sigmas.shape[1])
             cell_thresholds = run.sigma_thresholds(layer, sigmas.shape[1])
             for block, name in enumerate(names):
-                label = name if len(runs) == 1 else f"{run.name}: {name}"
+                # One run: a colour per block. Several: the run's colour, a line style per block.
+                pen = block_pen(name, block, 0) if len(runs) == 1 else compare_pen(block, index)
                 item = self.sigma_plot.plot(
-                    steps.astype(np.float64), sigmas[:, block], connect="finite",
-                    pen=block_pen(name, block, index), name=f"σ_max {label}",
+                    steps.astype(np.float64), sigmas[:, block], connect="finite", pen=pen,
+                    name=f"σ_max {name}" if len(runs) == 1 else f"σ_max {run.name}: {name}",
                 )
+                if not any(label == name for _, label in legend):
+                    legend.append((pen if len(runs) == 1 else style_pen(block), name))
                 self._sigma_items.append(item)
                 threshold = cell_thresholds[block]
                 if threshold is not None:
@@ -150,6 +156,7 @@ class JacobianPanel(Panel):
             self._sigmas.append({"run": run.name, "layer": layer, "steps": steps,
                                  "values": sigmas, "names": names,
                                  "thresholds": cell_thresholds})
+        fill_legend(self.sigma_legend, legend)
         for threshold, kind in sorted(thresholds.items()):
             text = f"1/γ = {threshold:g}" + (f" ({kind} blocks)" if kind else "")
             line = pg.InfiniteLine(

@@ -9,7 +9,14 @@ import pyqtgraph as pg
 from PyQt6 import QtCore, QtWidgets
 
 from visualizer.model import RunCollection, RunModel
-from visualizer.panels.base import Panel, dress, format_value, run_pen
+from visualizer.panels.base import (
+    Panel,
+    dress,
+    fill_legend,
+    format_value,
+    outside_legend,
+    run_pen,
+)
 
 __all__ = ["TrainingCurvesPanel", "metric_groups"]
 
@@ -74,13 +81,17 @@ class TrainingCurvesPanel(Panel):
         self.graphics.clear()
         self.forget_hover()
         self._plots, self._curves, self._step_lines, self._nan_lines = {}, {}, [], []
+        self._legends: dict[str, pg.LegendItem] = {}
         titled: set[str] = set()
         for row, group in enumerate(groups):
             for col, (phase, caption) in enumerate(PHASES):
                 if not any((name, phase) in present for name in groups[group]):
                     continue
                 plot = self.graphics.addPlot(row=row, col=col)
-                dress(plot, grid_alpha=0.2)
+                dress(plot, grid_alpha=0.2, legend=False)
+                if group not in self._legends:
+                    # Beside the row's plots: a legend never covers a curve.
+                    self._legends[group] = outside_legend(self.graphics, row, len(PHASES))
                 plot.setLabel("left", group)
                 plot.setLabel("bottom", "global step" if phase == "batch" else "epoch")
                 if phase not in titled:
@@ -141,6 +152,20 @@ class TrainingCurvesPanel(Panel):
                         continue
                     for name in members:
                         self._draw_series(plot, run_index, run, name, phase, log, len(runs))
+        # The legend names the series by line style; the runs' colours are the window's legend
+        # (one run: its colour here too).
+        color = self.collection.color_index(runs[0]) if len(runs) == 1 else None
+        for group, members in groups.items():
+            legend = self._legends.get(group)
+            if legend is None:
+                continue
+            entries = []
+            for name in members:
+                style, _ = _series_style(name)
+                pen = run_pen(color, style=style) if color is not None else \
+                    pg.mkPen("#DDDDDD", width=2, style=style)
+                entries.append((pen, name))
+            fill_legend(legend, entries)
 
     def _draw_series(self, plot: pg.PlotItem, run_index: int, run: RunModel, name: str,
                      phase: str, log: bool, run_count: int) -> None:
@@ -152,15 +177,15 @@ class TrainingCurvesPanel(Panel):
                 curve.setData([], [])
             return
         style, role = _series_style(name)
+        color = self.collection.color_index(run)
         if curve is None:
-            label = name if run_count == 1 else f"{run.name}: {name}"
-            curve = plot.plot(
-                pen=run_pen(run_index, width=1.5 if phase == "batch" else 2.5, style=style),
-                name=label, connect="finite",
-                symbol="o" if phase == "epoch" else None, symbolSize=5,
-                symbolBrush=run_pen(run_index).color(), symbolPen=None,
-            )
+            curve = plot.plot(connect="finite", symbol="o" if phase == "epoch" else None,
+                              symbolSize=5, symbolPen=None,
+                              name=name if run_count == 1 else f"{run.name}: {name}")
             self._curves[key] = curve
+        # The run at this position may change (following the newest run): its colour too.
+        curve.setPen(run_pen(color, width=1.5 if phase == "batch" else 2.5, style=style))
+        curve.setSymbolBrush(run_pen(color).color())
         shown = values.astype(np.float64, copy=True)
         shown[~np.isfinite(shown)] = np.nan
         if log:

@@ -9,7 +9,16 @@ import pyqtgraph as pg
 from PyQt6 import QtWidgets
 
 from visualizer.model import WEIGHT_GRAD_KINDS, RunCollection
-from visualizer.panels.base import Panel, block_pen, dress, format_value
+from visualizer.panels.base import (
+    Panel,
+    block_pen,
+    compare_pen,
+    dress,
+    fill_legend,
+    format_value,
+    outside_legend,
+    style_pen,
+)
 
 __all__ = ["WeightGradsPanel"]
 
@@ -39,8 +48,6 @@ class WeightGradsPanel(Panel):
             dress(plot, legend=False)
             plot.setLabel("left", symbol)
             plot.setTitle(caption, size="9pt")
-            plot.addLegend(offset=(-10, 5), labelTextSize="8pt", colCount=4,
-                           brush=(0, 0, 0, 150))
             if row:
                 plot.setXLink(self.plots[WEIGHT_GRAD_KINDS[0]])
             if row == len(WEIGHT_GRAD_KINDS) - 1:
@@ -50,6 +57,8 @@ class WeightGradsPanel(Panel):
             self.step_lines.append(line)
             self.plots[kind] = plot
             self.watch_hover(self.graphics, plot, self._describe(kind))
+        # One legend of the gate blocks for the three plots, beside them (never on the data).
+        self.legend = outside_legend(self.graphics, 0, 1, rowspan=len(WEIGHT_GRAD_KINDS))
         self._items: list[tuple[pg.PlotItem, pg.PlotDataItem]] = []
         self._curves: dict[tuple, tuple[pg.PlotItem, pg.PlotDataItem]] = {}
         self._shown: list[dict[str, Any]] = []
@@ -67,6 +76,7 @@ class WeightGradsPanel(Panel):
         """Updates the curves in place: new data only, no new plot items unless new series."""
         self._items, self._shown = [], []
         wanted = set()
+        legend: list = []
         for index, run in enumerate(runs):
             layer = self.collection.layer_for(run)
             if layer is None:
@@ -81,18 +91,23 @@ class WeightGradsPanel(Panel):
                 for block, name in enumerate(names):
                     shown = values[:, block].copy()
                     shown[~(np.isfinite(shown) & (shown > 0))] = np.nan
-                    label = name if len(runs) == 1 else f"{run.name}: {name}"
+                    color = self.collection.color_index(run)
+                    pen = block_pen(name, block, 0) if len(runs) == 1 else \
+                        compare_pen(block, color)
+                    if not any(label == name for _, label in legend):
+                        legend.append((pen if len(runs) == 1 else style_pen(block), name))
                     key = (index, run.name, kind, block, name, len(runs))
                     wanted.add(key)
                     if key not in self._curves:
-                        item = plot.plot(connect="finite", pen=block_pen(name, block, index),
-                                         name=label)
+                        item = plot.plot(connect="finite", name=name)
                         self._curves[key] = (plot, item)
                     item = self._curves[key][1]
+                    item.setPen(pen)
                     item.setData(steps.astype(np.float64), shown)
                     self._items.append((plot, item))
                 self._shown.append({"run": run.name, "layer": layer, "kind": kind,
                                     "steps": steps, "values": values, "names": names})
+        fill_legend(self.legend, legend)
         for key in [k for k in self._curves if k not in wanted]:
             plot, item = self._curves.pop(key)
             plot.removeItem(item)
