@@ -4,6 +4,7 @@
     rnnx-viz runs/                             # a directory of runs
     rnnx-viz runs/lstm --compare runs/vanilla  # two runs side by side
     rnnx-viz runs/lstm --screenshot out.png --panel gradient_flow   # render headless, exit
+    rnnx-viz runs/chars --screenshot text.png --panel text --unit 7  # the text by one unit
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from typing import Sequence
 from visualizer.model import DEFAULT_HISTORY
 
 PANEL_NAMES = (
-    "training_curves", "state_heatmap", "gradient_flow", "jacobian", "weight_grads", "overview"
+    "training_curves", "state_heatmap", "gradient_flow", "jacobian", "weight_grads", "overview",
+    "text",
 )
 
 
@@ -48,7 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--layer", help="the layer to show first")
     parser.add_argument("--sample", type=int, default=0, help="the probe sample to show")
     parser.add_argument("--step", type=int, help="with --screenshot, the training step to show")
-    parser.add_argument("--kind", help="the heatmap quantity: h, c, a gate name, grad_h")
+    parser.add_argument("--kind", help="the heatmap quantity: h, c, a gate name, grad_h (with "
+                        "--panel text: the quantity colouring the text)")
+    parser.add_argument("--unit", type=int, help="the unit colouring the text panel")
     parser.add_argument("--all-layers", action="store_true", help="a heatmap row per layer")
     parser.add_argument("--log-y", action="store_true", help="log-scale training curves")
     parser.add_argument("--history", type=int, default=DEFAULT_HISTORY,
@@ -80,6 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             [args.path], args.screenshot, panel=args.panel, compare=args.compare,
             size=args.size, layer=args.layer, sample=args.sample, step=args.step,
             kind=args.kind, all_layers=args.all_layers, log_y=args.log_y, history=args.history,
+            unit=args.unit,
         )
         for severity, text in messages:
             print(f"rnnx-viz: {severity}: {text}", file=sys.stderr)
@@ -100,6 +105,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         window.panels["state_heatmap"].all_layers.setChecked(True)
     if args.log_y:
         window.panels["training_curves"].log_scale.setChecked(True)
+    if args.unit is not None:
+        window.panels["text"].select_unit(args.unit)
     window.show()
     return app.exec()
 
