@@ -73,8 +73,16 @@ def test_follows_the_newest_live_run_then_stays_on_a_chosen_one(make_window, tmp
     qtbot.waitUntil(lambda: c.primary is not None and c.primary.name == "b_first", timeout=10000)
     assert c.runs[0].path == done
     time.sleep(0.02)  # a later start time for the second run
-    second = _start_run(tmp_path / "c_second")
+    second = _start_run(tmp_path / "c_second", steps=0)
     try:
+        # A run still building its model (meta only) does not take the screen yet ...
+        qtbot.waitUntil(lambda: len(c.runs) == 3 and c.runs[2].status == "live", timeout=10000)
+        qtbot.wait(200)
+        assert c.primary.name == "b_first"
+        # ... its first frame does.
+        info = layer_meta("forget", UNITS, T)
+        write_probe_step(second, "rnn", info, 0, B, np.random.default_rng(0))
+        second.flush()
         qtbot.waitUntil(lambda: c.primary.name == "c_second", timeout=10000)
         heatmap = window.panels["state_heatmap"]
         qtbot.waitUntil(lambda: "c_second" in window.legend.text()

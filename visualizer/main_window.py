@@ -173,6 +173,10 @@ class MainWindow(QtWidgets.QMainWindow):
         self.follow_button.setToolTip("Show the newest live run and switch to each run that "
                                       "starts later (Ctrl+F); choosing a run turns it off")
         self.follow_button.toggled.connect(self._follow_toggled)
+        # On or off must be seen at a glance: it decides which run the window shows.
+        self.follow_button.setStyleSheet(
+            "QToolButton { padding: 2px 6px; border: 1px solid #999; border-radius: 3px; }"
+            "QToolButton:checked { background: #2E7D32; color: white; border-color: #1B5E20; }")
         toolbar.addWidget(self.follow_button)
         self.compare_button = QtWidgets.QToolButton()
         self.compare_button.setText("Compare ‖∂L/∂h_t‖ of all runs")

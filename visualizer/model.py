@@ -285,6 +285,7 @@ class RunModel:
         self._reader: RunReader | None = None
         self._lock = threading.Lock()
         self._modified: float | None = None  # the log's mtime when last polled (Unix seconds)
+        self._has_data = False
 
     def __repr__(self) -> str:
         return f"RunModel({str(self.path)!r}, status={self.status!r})"
@@ -404,6 +405,14 @@ class RunModel:
             return f"{self.name}: live (being written)"
         message = self.message()
         return message[1] if message else f"{self.name}: {status}"
+
+    def has_data(self) -> bool:
+        """Whether the run has logged a frame or a scalar (not only its meta) yet."""
+        if not self._has_data:
+            reader = self._reader
+            self._has_data = reader is not None and bool(reader.layers() or
+                                                         reader.scalar_names())
+        return self._has_data
 
     @property
     def start_time(self) -> float | None:
@@ -815,10 +824,14 @@ class RunCollection:
                 self.follow()
 
     def newest_live_index(self) -> int | None:
-        """The index of the live run that started last, or None if no run is live."""
+        """The index of the live run that started last, or None if no run is live.
+
+        A run counts once it has logged a frame or a scalar: a run still building its model
+        would show empty panels in place of the one that has just finished.
+        """
         best = None
         for index, run in enumerate(self.runs):
-            if run.status != "live":
+            if run.status != "live" or not run.has_data():
                 continue
             key = (run.start_time or 0.0, index)
             if best is None or key > best[0]:

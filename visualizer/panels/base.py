@@ -190,8 +190,9 @@ def outside_legend(layout: pg.GraphicsLayout, row: int, col: int,
                    rowspan: int = 1) -> pg.LegendItem:
     """A legend in its own layout cell beside a plot, so that it never covers the data."""
     legend = pg.LegendItem(labelTextSize="8pt", verSpacing=-4)
+    # Fixed both ways: a legend stretched to the row's height spreads its entries apart.
     legend.setSizePolicy(QtWidgets.QSizePolicy.Policy.Fixed,
-                         QtWidgets.QSizePolicy.Policy.Preferred)
+                         QtWidgets.QSizePolicy.Policy.Fixed)
     layout.addItem(legend, row=row, col=col, rowspan=rowspan)
     return legend
 

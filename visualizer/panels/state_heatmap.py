@@ -248,6 +248,8 @@ class StateHeatmapPanel(Panel):
             why = "no layer" if layer is None else f"no {kind!r} frames for layer {layer}"
             if run.status in ("waiting", "error"):
                 why = run.status
+            elif run.status == "live" and layer is not None and not run.steps().size:
+                why = "waiting for the first probe"
             if plot.titleLabel.text != f"{run.name} · {why}":
                 plot.setTitle(f"{run.name} · {why}", size="9pt", color=color)
             return {"run": run.name, "layer": layer, "title": why, "step": None, "units": None}
