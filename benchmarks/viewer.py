@@ -291,7 +291,8 @@ def memory(probes: int) -> dict:
 
 def python_source(characters: int) -> str:
     """Whole `.py` files of the standard library, in name order, that tokenize together,
-    until `characters` characters (then cut at the last line break before it)."""
+    until there are at least `characters` characters (whole files: a cut could leave a
+    string open, and the feature ranking needs text that tokenizes)."""
     import sysconfig
 
     from keras_rnnx.interpret import code_features
@@ -307,7 +308,7 @@ def python_source(characters: int) -> str:
         text += piece
         if len(text) >= characters:
             break
-    return text[: text.rindex("\n", 0, characters) + 1]
+    return text
 
 
 def write_text_run(path: Path, text: str, layers: int, units: int) -> None:
@@ -339,8 +340,10 @@ def text_panel(characters: int, layers: int, units: int, frames: int, repeats: i
         window.collection.load()
         window.resize(1600, 1000)
         window.show()
-        window.show_panel("text")
         panel = window.panels["text"]
+        panel.setParent(None)  # on its own, at the size of the window (as --screenshot does)
+        panel.resize(1600, 1000)
+        panel.show()
         started = time.perf_counter()
         window.tick()  # lays the text out, colours unit 0, submits the feature ranking
         first_draw = time.perf_counter() - started
@@ -405,6 +408,7 @@ def text_panel(characters: int, layers: int, units: int, frames: int, repeats: i
             baseline.append(plain_pass())
         plain.close()
         window.close()
+        panel.close()
     return {
         "characters": len(text), "lines": text.count("\n"), "states_mb": states.nbytes / 2**20,
         "scroll_fps": statistics.median(scroll), "unit_fps": statistics.median(unit),

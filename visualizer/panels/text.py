@@ -391,6 +391,9 @@ class TextPanel(Panel):
         self.bar_view.setFixedWidth(92)
         self.bar = pg.ColorBarItem(values=(-1, 1), colorMap=_lut_colormap(panel_lut(DIVERGING)),
                                    interactive=False, label="h", width=14)
+        self.bar.getAxis("left").setTextPen("k")
+        self.bar.getAxis("left").setPen("k")
+        self.bar_view.setBackground("w")  # beside the text, which is on white
         self.bar_view.addItem(self.bar)
         self._bar_key: Any = None
 
@@ -540,12 +543,16 @@ class TextPanel(Panel):
         primary = self.collection.primary
         if primary is None or primary.reader is None:
             self.set_heading("Text · no run")
+            self.canvas.set_layout(None)
+            self._layout_key = self._colour_key = None
+            self.shown = {}
             return
         reader = primary.reader
         view = corpus_view(reader, primary.problems)
         if view.message is not None or view.text is None:
             self.set_heading(f"Text · {primary.name}")
             self.canvas.set_layout(None)
+            self._layout_key = self._colour_key = None
             self.shown = {}
             return
         layout_key = (id(primary), view.name, len(view.text), hash(view.text))
