@@ -267,6 +267,10 @@ def test_feature_ranking_is_unit_correlations_and_picks_units(tmp_path, qtbot):
                      pos=panel.ranking_list.visualItemRect(item).center())
     window.tick()
     assert panel.shown["unit"] == 5
+    # a feature's best unit on request (--feature without --unit)
+    panel.select_feature("in_string", best=True)
+    settle(window, qtbot)
+    assert panel.shown["unit"] == ranking["in_string"][0][0] == 3
 
 
 def test_text_that_does_not_tokenize_says_why_it_has_no_ranking(tmp_path, qtbot):
@@ -456,3 +460,9 @@ def test_screenshot_of_the_text_panel_with_a_unit(tmp_path, capsys):
                  "--unit", "3", "--size", "1200x700"]) == 0
     image = QtGui.QImage(str(out))
     assert (image.width(), image.height()) == (1200, 700)
+    assert main([str(tmp_path / "run"), "--screenshot", str(out), "--panel", "text",
+                 "--feature", "bracket_depth"]) == 0
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "run"), "--screenshot", str(out), "--panel", "text",
+              "--feature", "depth"])
+    assert "--feature: unknown feature 'depth'" in capsys.readouterr().err

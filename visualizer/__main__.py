@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--kind", help="the heatmap quantity: h, c, a gate name, grad_h (with "
                         "--panel text: the quantity colouring the text)")
     parser.add_argument("--unit", type=int, help="the unit colouring the text panel")
+    parser.add_argument("--feature", help="the code feature whose units the text panel lists "
+                        "(in_string, in_comment, bracket_depth, column, indent); without "
+                        "--unit, the text is coloured by its best unit")
     parser.add_argument("--all-layers", action="store_true", help="a heatmap row per layer")
     parser.add_argument("--log-y", action="store_true", help="log-scale training curves")
     parser.add_argument("--history", type=int, default=DEFAULT_HISTORY,
@@ -69,6 +72,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if name not in PANEL_NAMES:
             build_parser().error(f"--panel: unknown panel {args.panel!r}; expected one of "
                                  f"{', '.join(PANEL_NAMES)}")
+    if args.feature is not None:
+        from keras_rnnx.interpret import FEATURES
+
+        if args.feature not in FEATURES:
+            build_parser().error(f"--feature: unknown feature {args.feature!r}; expected one "
+                                 f"of {', '.join(FEATURES)}")
     if args.history < 2:
         build_parser().error("--history must be at least 2")
     if args.screenshot:
@@ -84,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             [args.path], args.screenshot, panel=args.panel, compare=args.compare,
             size=args.size, layer=args.layer, sample=args.sample, step=args.step,
             kind=args.kind, all_layers=args.all_layers, log_y=args.log_y, history=args.history,
-            unit=args.unit,
+            unit=args.unit, feature=args.feature,
         )
         for severity, text in messages:
             print(f"rnnx-viz: {severity}: {text}", file=sys.stderr)
@@ -105,6 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         window.panels["state_heatmap"].all_layers.setChecked(True)
     if args.log_y:
         window.panels["training_curves"].log_scale.setChecked(True)
+    if args.feature:
+        window.panels["text"].select_feature(args.feature, best=args.unit is None)
     if args.unit is not None:
         window.panels["text"].select_unit(args.unit)
     window.show()

@@ -40,12 +40,14 @@ def save_screenshot(
     log_y: bool = False,
     history: int = DEFAULT_HISTORY,
     unit: int | None = None,
+    feature: str | None = None,
 ) -> tuple[Path, list[tuple[str, str]]]:
     """Reads the runs completely, renders the window (or `panel`) and saves it as PNG.
 
     A QApplication must exist (create it with the `offscreen` platform to run headless).
-    `unit` colours the text panel (and `kind`, with `panel="text"`, is its quantity); its
-    feature ranking is awaited. Returns the path written and the window's messages (errors and
+    `unit` colours the text panel (and `kind`, with `panel="text"`, is its quantity);
+    `feature` is the code feature it ranks units by (without `unit`, its best unit colours the
+    text); the ranking is awaited. Returns the path written and the window's messages (errors and
     warnings about the runs).
     """
     app = QtWidgets.QApplication.instance()
@@ -66,6 +68,8 @@ def save_screenshot(
             heatmap.set_kind(kind)
         window.panels["training_curves"].log_scale.setChecked(log_y)
         text = window.panels["text"]
+        if feature is not None:
+            text.select_feature(feature, best=unit is None)
         if unit is not None:
             text.select_unit(unit)
         if kind is not None and panel is not None and panel_name(panel) == "text":

@@ -365,6 +365,7 @@ class TextPanel(Panel):
         self._drawn_ranking: Any = None
         self._drawn_match: Any = None
         self.shown: dict[str, Any] = {}
+        self._best_pending = False
 
         self.layer_box = QtWidgets.QComboBox()
         self.layer_box.setToolTip("Layer of the corpus probe")
@@ -485,12 +486,15 @@ class TextPanel(Panel):
     def select_kind(self, kind: str) -> None:
         self.wanted_kind = kind
 
-    def select_feature(self, feature: str) -> None:
+    def select_feature(self, feature: str, best: bool = False) -> None:
+        """Lists the units ranked by |r| with `feature`; with `best`, the first of them colours
+        the text once the ranking is there."""
         index = self.feature_box.findData(feature)
         if index < 0:
             raise ValueError(f"Invalid value for argument `feature`: {feature!r}; expected one "
                              f"of {', '.join(interpret.FEATURES)}.")
         self.feature_box.setCurrentIndex(index)
+        self._best_pending = best
 
     def select_span(self, start: int, stop: int) -> None:
         """Matches the span [start, stop) of the text (as a mouse selection does)."""
@@ -708,6 +712,9 @@ class TextPanel(Panel):
             self.ranking_note.setText(value)
             return
         units, r = value[feature]
+        if self._best_pending and units.size:
+            self._best_pending = False
+            self.select_unit(int(units[0]))  # drawn at the next tick
         for unit, rho in zip(units[:RANKED_SHOWN].tolist(), r[:RANKED_SHOWN].tolist()):
             item = QtWidgets.QListWidgetItem(f"unit {unit:>4}   r = {rho:+.3f}")
             item.setData(QtCore.Qt.ItemDataRole.UserRole, unit)
