@@ -317,6 +317,8 @@ def test_a_selected_span_lists_its_on_units_and_the_matches_of_interpret_match(t
     listed = [panel.match_list.item(k).data(QtCore.Qt.ItemDataRole.UserRole)
               for k in range(panel.match_list.count())]
     assert [tuple(span) for span in listed] == [(a, b) for a, b, _ in matches]
+    assert panel.canvas.selection == (start, stop)  # outlined on the text, as the matches are
+    assert panel.canvas.matches == [(a, b) for a, b, _ in matches]
     assert [panel.on_list.item(k).text() for k in range(panel.on_list.count())] == \
         [str(u) for u in expected_on]
     # clicking a match that is off screen scrolls the text to it

@@ -101,7 +101,11 @@ def ready():
         start = starts[0]
     else:
         depth = np.where(on_screen, features["bracket_depth"], -1)
-        start = int(np.flatnonzero(depth == depth.max())[0])
+        deepest = np.flatnonzero(depth == depth.max())
+        # six characters at the deepest level on one line, if there are, else the first
+        starts = [i for i in deepest.tolist() if (depth[i:i + 6] == depth.max()).all()
+                  and layout.row[i] == layout.row[min(i + 5, len(text) - 1)]]
+        start = starts[0] if starts else int(deepest[0])
     stop = start + 5
     points = []
     for item in (start, stop):

@@ -246,14 +246,16 @@ class TextCanvas(QtWidgets.QAbstractScrollArea):
             return []
         first_line, lines, _, _ = self.visible_range()
         start, stop = max(start, 0), min(stop, layout.count)
-        rows = layout.row[start:stop]
+        rows = layout.row[start:stop]  # sorted: items run line by line
         rects = []
-        for line in np.unique(rows).tolist():
-            if not first_line - 1 <= line <= first_line + lines:
+        top = max(int(rows[0]), first_line - 1)
+        for line in range(top, min(int(rows[-1]), first_line + lines) + 1):
+            a = int(np.searchsorted(rows, line, side="left")) + start
+            b = int(np.searchsorted(rows, line, side="right")) + start - 1
+            if b < a:
                 continue
-            on_line = np.flatnonzero(rows == line) + start
-            left = int(layout.col[on_line[0]])
-            right = int(layout.col[on_line[-1]] + layout.width[on_line[-1]])
+            left = int(layout.col[a])
+            right = int(layout.col[b] + layout.width[b])
             rects.append(self.cell_rect(line, left, right - left).adjusted(1, 1, -1, -1))
         return rects
 
