@@ -222,7 +222,7 @@ def test_clicking_a_heatmap_row_selects_that_unit(tmp_path, qtbot):
         qtbot.mouseClick(heatmap.graphics.viewport(), LEFT, pos=pos)
         window.tick()
         assert panel.unit == unit and panel.shown["unit"] == unit
-        np.testing.assert_array_equal(panel.shown["values"], corpus_states(0)[:, unit])
+        np.testing.assert_array_equal(panel.values(), corpus_states(0)[:, unit])
 
 
 def test_typing_a_unit_number_selects_it(tmp_path, qtbot):
@@ -235,7 +235,7 @@ def test_typing_a_unit_number_selects_it(tmp_path, qtbot):
     qtbot.keyClick(box.lineEdit(), QtCore.Qt.Key.Key_Return)
     window.tick()
     assert panel.shown["unit"] == 7
-    np.testing.assert_array_equal(panel.shown["values"], corpus_states(0)[:, 7])
+    np.testing.assert_array_equal(panel.values(), corpus_states(0)[:, 7])
     assert box.maximum() == UNITS - 1  # no unit beyond the layer's
 
 
@@ -363,13 +363,13 @@ def test_follows_new_recordings_live_and_scrubs_with_the_step_slider(tmp_path, q
     writer.write_corpus_frame("f", "lstm", 20, (later + 1) / 2)
     writer.flush()
     qtbot.waitUntil(lambda: panel.shown.get("step") == 20, timeout=20000)
-    np.testing.assert_array_equal(panel.shown["values"], later[:, 4])
+    np.testing.assert_array_equal(panel.values(), later[:, 4])
     assert "step 20" in panel.heading.text()
     writer.close()
     window.slider.setValue(0)  # scrub back to the first recording
     window.tick()
     assert panel.shown["step"] == 10
-    np.testing.assert_array_equal(panel.shown["values"], corpus_states(0)[:, 4])
+    np.testing.assert_array_equal(panel.values(), corpus_states(0)[:, 4])
 
 
 def test_a_corpus_recording_between_probe_steps_is_on_the_slider(tmp_path):

@@ -88,7 +88,8 @@ class TextCanvas(QtWidgets.QAbstractScrollArea):
         self.setFont(font)
         self.viewport().setMouseTracking(True)
         self.layout_: TextLayout | None = None
-        self.rgba: np.ndarray | None = None  # (N + 1, 4): colour of each item, then background
+        # (array (N, U), unit, low, high, lut): what colours the cells, or None for plain text
+        self.source: tuple[np.ndarray, int, float, float, np.ndarray] | None = None
         self.selection: tuple[int, int] | None = None
         self.matches: list[tuple[int, int]] = []
         self.current_match: tuple[int, int] | None = None
@@ -107,18 +108,30 @@ class TextCanvas(QtWidgets.QAbstractScrollArea):
         if layout is self.layout_:
             return
         self.layout_ = layout
-        self.rgba = None
+        self.source = None
         self.selection, self.matches, self.current_match = None, [], None
         self._update_bars()
         self.viewport().update()
 
-    def set_colours(self, rgba: np.ndarray | None) -> None:
-        """`rgba` (N, 4) uint8, the colour of each item, or None for plain text."""
-        if rgba is None:
-            self.rgba = None
-        else:
-            self.rgba = np.concatenate([rgba, np.array([BACKGROUND], np.uint8)])
+    def set_source(self, array: np.ndarray | None, unit: int = 0, levels=(0.0, 1.0),
+                   lut: np.ndarray | None = None) -> None:
+        """Colours item i by `lut[lut_indices(array[i, unit], *levels)]` (NaN/Inf magenta);
+        None draws plain text. Only the items on screen are looked up, at each paint, so
+        switching units costs the same for any corpus length."""
+        self.source = None if array is None else (array, int(unit), float(levels[0]),
+                                                  float(levels[1]), lut)
         self.viewport().update()
+
+    def cell_colours(self, grid: np.ndarray) -> np.ndarray | None:
+        """The (lines, columns, 4) uint8 colours of a grid of items (see `visible_items`)."""
+        if self.source is None:
+            return None
+        array, unit, low, high, lut = self.source
+        values = array[np.maximum(grid, 0), unit]
+        pixels = lut[lut_indices(values, low, high)]
+        pixels[~np.isfinite(values)] = NAN_RGBA
+        pixels[grid < 0] = BACKGROUND
+        return pixels
 
     def set_highlights(self, selection: tuple[int, int] | None,
                        matches: Sequence[tuple[int, int]],
@@ -189,18 +202,27 @@ class TextCanvas(QtWidgets.QAbstractScrollArea):
     def paintEvent(self, event: QtGui.QPaintEvent) -> None:  # noqa: N802 - Qt's name
         painter = QtGui.QPainter(self.viewport())
         try:
-            painter.fillRect(self.viewport().rect(), QtGui.QColor(*BACKGROUND))
             layout = self.layout_
+            pixels = None
+            if layout is not None:
+                first_line, lines, first_col, columns = self.visible_range()
+                grid = visible_items(layout, first_line, lines, first_col, columns)
+                pixels = self.cell_colours(grid)
+            if pixels is None:
+                painter.fillRect(self.viewport().rect(), QtGui.QColor(*BACKGROUND))
+            else:
+                # Cells blown up to pixels here (rows × cell height, columns × the rounded cell
+                # widths) and drawn 1:1 in Qt's native 32-bit format (BGRA bytes, opaque): a
+                # scaled drawImage of the small image, or one in RGBA, costs several times more.
+                # The image covers the viewport (a cell more each way): no fill first.
+                widths = np.diff(np.round(np.arange(columns + 1) * self.cell_w).astype(np.int64))
+                big = np.repeat(np.repeat(pixels[..., [2, 1, 0, 3]], self.cell_h, axis=0),
+                                widths, axis=1)
+                image = QtGui.QImage(big.data, big.shape[1], big.shape[0], big.shape[1] * 4,
+                                     QtGui.QImage.Format.Format_ARGB32_Premultiplied)
+                painter.drawImage(0, 0, image)
             if layout is None:
                 return
-            first_line, lines, first_col, columns = self.visible_range()
-            grid = visible_items(layout, first_line, lines, first_col, columns)
-            if self.rgba is not None:
-                pixels = np.ascontiguousarray(self.rgba[grid])  # -1 picks the background row
-                image = QtGui.QImage(pixels.data, columns, lines, columns * 4,
-                                     QtGui.QImage.Format.Format_RGBA8888)
-                painter.drawImage(QtCore.QRectF(0, 0, columns * self.cell_w,
-                                                lines * self.cell_h), image)
             painter.setPen(QtGui.QColor(0, 0, 0))
             painter.setFont(self.font())
             for k in range(lines):
@@ -581,12 +603,12 @@ class TextPanel(Panel):
                  f"{'tokens' if layout.tokens else 'characters'})", f"layer {layer}",
                  KIND_LABELS.get(kind, kind)]
         self.shown = {"run": primary.name, "layer": layer, "kind": kind, "text": view.text,
-                      "layout": layout, "corpus": view.name, "step": None, "values": None}
+                      "layout": layout, "corpus": view.name, "step": None}
         if frame is None:
             first = reader.corpus_steps(view.name)
             parts.append(f"no recording at or before step {step}"
                          + (f" (the first is at step {int(first[0])})" if first.size else ""))
-            self.canvas.set_colours(None)
+            self.canvas.set_source(None)
             self._colour_key = None
             self.set_heading("Text · " + " · ".join(parts))
             return
@@ -608,13 +630,10 @@ class TextPanel(Panel):
         colormap = SEQUENTIAL if low >= 0 else DIVERGING
         lut = panel_lut(colormap) if self._bar_key is None or self._bar_key[0] != colormap \
             else self._lut
-        values = np.asarray(array[:, unit], dtype=np.float32)
         colour_key = (id(array), unit, low, high, colormap)
         if colour_key != self._colour_key:
             self._colour_key = colour_key
-            rgba = lut[lut_indices(values, low, high)]
-            rgba[~np.isfinite(values)] = NAN_RGBA
-            self.canvas.set_colours(rgba)
+            self.canvas.set_source(array, unit, (low, high), lut)
         label = f"{kind} ∈ [{low:g}, {high:g}]" + ("" if fixed else " (fixed for this layer)")
         bar_key = (colormap, low, high, label)
         if bar_key != self._bar_key:
@@ -622,7 +641,7 @@ class TextPanel(Panel):
             self.bar.setColorMap(_lut_colormap(lut))
             self.bar.setLevels((low, high))
             self.bar.getAxis("left").setLabel(label)
-        self.shown.update(step=frame_step, unit=unit, values=values, levels=(low, high),
+        self.shown.update(step=frame_step, unit=unit, array=array, levels=(low, high),
                           colormap=colormap, lut=lut, units=units)
         parts += [f"unit {unit} of {units}", f"step {frame_step}"]
         self.set_heading("Text · " + " · ".join(parts))
@@ -793,9 +812,9 @@ class TextPanel(Panel):
             char = s["text"][item]
             what = f"{char!r} (U+{ord(char):04X})"
         where = f"at {item} (line {line + 1}, column {col + 1})"
-        values = s.get("values")
-        value = (f": {s['kind']} of unit {s['unit']} = {format_value(float(values[item]))}"
-                 if values is not None else "")
+        array = s.get("array")
+        value = (f": {s['kind']} of unit {s['unit']} = "
+                 f"{format_value(float(array[item, s['unit']]))}" if array is not None else "")
         return f"{what} {where}{value}"
 
     def _hovered(self, item: int) -> None:
@@ -803,9 +822,16 @@ class TextPanel(Panel):
         if text:
             self.readout.setText(text)
 
+    def values(self) -> np.ndarray | None:
+        """The values of the unit shown at every character, (N,) float32, or None."""
+        s = self.shown
+        if s.get("array") is None:
+            return None
+        return np.asarray(s["array"][:, s["unit"]], dtype=np.float32)
+
     def table(self) -> tuple[list[str], list[Sequence[Any]]]:
         s = self.shown
-        values = s.get("values")
+        values = self.values()
         if values is None:
             return ["index", "character", "value"], []
         text, layout = s["text"], s["layout"]
