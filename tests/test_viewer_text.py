@@ -143,22 +143,27 @@ def test_token_layout_wraps_between_tokens_and_breaks_at_newline_tokens():
 
 
 @pytest.mark.parametrize("kind, colormap, low, high", [("h", "CET-D1", -1.0, 1.0),
-                                                        ("f", "viridis", 0.0, 1.0)])
+                                                        ("f", "viridis", 0.0, 1.0),
+                                                        ("c", "CET-D1", -1.0, 1.0)])
 def test_colours_are_the_values_written_through_the_lookup_table(tmp_path, qtbot, kind,
                                                                   colormap, low, high):
+    """h and z on [-1, 1], gates on [0, 1]; the unbounded cell state c as tanh(c) on
+    [-1, 1] (Karpathy et al. 2015, Fig. 2)."""
     text = "".join(f"{'ab cd  e' * 3}\n" for _ in range(30))
     rng = np.random.default_rng(7)
     h = rng.uniform(-1.2, 1.2, (len(text), UNITS)).astype(np.float32)
     h[5, 2], h[6, 2] = low, high  # the ends of the levels
     h[9, 2] = np.nan
-    write_corpus_run(tmp_path / "run", states=[h], text=text).close()
+    writer = write_corpus_run(tmp_path / "run", states=[h], text=text)
+    writer.write_corpus_frame("c", "lstm", 10, 40 * h)  # a cell state far beyond ±1
+    writer.close()
     window = open_window(qtbot, tmp_path / "run")
     panel = window.panels["text"]
     panel.select_kind(kind)
     panel.select_unit(2)
     panel.canvas.resize(900, 700)
     settle(window, qtbot)
-    written = h[:, 2] if kind == "h" else (h[:, 2] + 1) / 2
+    written = {"h": h[:, 2], "f": (h[:, 2] + 1) / 2, "c": np.tanh(40 * h[:, 2])}[kind]
     assert panel.shown["kind"] == kind and panel.shown["unit"] == 2
     assert panel.shown["levels"] == (low, high)
     image = panel.canvas.viewport().grab().toImage()

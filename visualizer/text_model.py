@@ -244,23 +244,25 @@ def lut_indices(values: np.ndarray, low: float, high: float) -> np.ndarray:
 
 def text_levels(kind: str, layer_info: dict[str, Any], array: np.ndarray | None
                 ) -> tuple[float, float, bool]:
-    """Colour levels `(low, high, fixed)` of the corpus frames of `kind`.
+    """Colour levels `(low, high, squash)` of the corpus frames of `kind`.
 
     Bounded kinds take their activation's bounds from the run's meta (tanh `[-1, 1]` for h
     and z, sigmoid `[0, 1]` for gates), as the heatmaps do. The cell state c of an LSTM has
-    none: it gets `±nice_bound(max |c|)` over every unit of `array` (the whole (N, U) frame),
-    which the panel computes once per run and layer and then keeps, so that a colour is one
-    value for every unit and step shown; `fixed` is False for it.
+    none (one unit counting brackets may reach hundreds while the rest stay within ±2), so, as
+    in Karpathy et al. (2015, Fig. 2), the colour shows tanh(c) on `[-1, 1]`: `squash` is
+    True. A kind of unknown range gets `±nice_bound(max |value|)` over the whole (N, U) frame.
     """
     from visualizer.model import nice_bound, quantity_levels
 
     low, high, fixed = quantity_levels(kind, layer_info, None)
     if fixed:
-        return low, high, True
+        return low, high, False
+    if kind == "c":
+        return -1.0, 1.0, True
     peak = 0.0
     if array is not None and array.size:
-        peak = float(np.nanmax(np.abs(np.where(np.isfinite(array), array, 0)).astype(
-            np.float32)))
+        finite = np.where(np.isfinite(array), array, 0).astype(np.float32)
+        peak = float(np.abs(finite).max())
     bound = nice_bound(peak)
     return -bound, bound, False
 

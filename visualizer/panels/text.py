@@ -89,7 +89,7 @@ class TextCanvas(QtWidgets.QAbstractScrollArea):
         self.viewport().setMouseTracking(True)
         self.layout_: TextLayout | None = None
         # (array (N, U), unit, low, high, lut): what colours the cells, or None for plain text
-        self.source: tuple[np.ndarray, int, float, float, np.ndarray] | None = None
+        self.source: tuple[np.ndarray, int, float, float, np.ndarray, bool] | None = None
         self.selection: tuple[int, int] | None = None
         self.matches: list[tuple[int, int]] = []
         self.current_match: tuple[int, int] | None = None
@@ -114,20 +114,23 @@ class TextCanvas(QtWidgets.QAbstractScrollArea):
         self.viewport().update()
 
     def set_source(self, array: np.ndarray | None, unit: int = 0, levels=(0.0, 1.0),
-                   lut: np.ndarray | None = None) -> None:
-        """Colours item i by `lut[lut_indices(array[i, unit], *levels)]` (NaN/Inf magenta);
-        None draws plain text. Only the items on screen are looked up, at each paint, so
-        switching units costs the same for any corpus length."""
+                   lut: np.ndarray | None = None, squash: bool = False) -> None:
+        """Colours item i by `lut[lut_indices(v, *levels)]` with v = `array[i, unit]` (its
+        tanh with `squash`), NaN/Inf magenta; None draws plain text. Only the items on screen
+        are looked up, at each paint, so switching units costs the same for any corpus
+        length."""
         self.source = None if array is None else (array, int(unit), float(levels[0]),
-                                                  float(levels[1]), lut)
+                                                  float(levels[1]), lut, bool(squash))
         self.viewport().update()
 
     def cell_colours(self, grid: np.ndarray) -> np.ndarray | None:
         """The (lines, columns, 4) uint8 colours of a grid of items (see `visible_items`)."""
         if self.source is None:
             return None
-        array, unit, low, high, lut = self.source
-        values = array[np.maximum(grid, 0), unit]
+        array, unit, low, high, lut, squash = self.source
+        values = array[np.maximum(grid, 0), unit].astype(np.float32)
+        if squash:
+            values = np.tanh(values)
         pixels = lut[lut_indices(values, low, high)]
         pixels[~np.isfinite(values)] = NAN_RGBA
         pixels[grid < 0] = BACKGROUND
@@ -626,15 +629,15 @@ class TextPanel(Panel):
         levels_key = (id(primary), view.name, layer, kind)
         if levels_key not in self._levels_cache:
             self._levels_cache[levels_key] = text_levels(kind, info, array)
-        low, high, fixed = self._levels_cache[levels_key]
+        low, high, squash = self._levels_cache[levels_key]
         colormap = SEQUENTIAL if low >= 0 else DIVERGING
         lut = panel_lut(colormap) if self._bar_key is None or self._bar_key[0] != colormap \
             else self._lut
-        colour_key = (id(array), unit, low, high, colormap)
+        colour_key = (id(array), unit, low, high, colormap, squash)
         if colour_key != self._colour_key:
             self._colour_key = colour_key
-            self.canvas.set_source(array, unit, (low, high), lut)
-        label = f"{kind} ∈ [{low:g}, {high:g}]" + ("" if fixed else " (fixed for this layer)")
+            self.canvas.set_source(array, unit, (low, high), lut, squash)
+        label = f"{'tanh(c)' if squash else kind} ∈ [{low:g}, {high:g}]"
         bar_key = (colormap, low, high, label)
         if bar_key != self._bar_key:
             self._bar_key, self._lut = bar_key, lut
@@ -642,6 +645,7 @@ class TextPanel(Panel):
             self.bar.setLevels((low, high))
             self.bar.getAxis("left").setLabel(label)
         self.shown.update(step=frame_step, unit=unit, array=array, levels=(low, high),
+                          squash=squash,
                           colormap=colormap, lut=lut, units=units)
         parts += [f"unit {unit} of {units}", f"step {frame_step}"]
         self.set_heading("Text · " + " · ".join(parts))
@@ -813,8 +817,12 @@ class TextPanel(Panel):
             what = f"{char!r} (U+{ord(char):04X})"
         where = f"at {item} (line {line + 1}, column {col + 1})"
         array = s.get("array")
-        value = (f": {s['kind']} of unit {s['unit']} = "
-                 f"{format_value(float(array[item, s['unit']]))}" if array is not None else "")
+        value = ""
+        if array is not None:
+            v = float(array[item, s["unit"]])
+            value = f": {s['kind']} of unit {s['unit']} = {format_value(v)}"
+            if s.get("squash"):
+                value += f" (tanh {format_value(math.tanh(v))})"
         return f"{what} {where}{value}"
 
     def _hovered(self, item: int) -> None:
