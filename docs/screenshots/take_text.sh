@@ -18,7 +18,8 @@
 #   OUT_DIR/text_xvfb_bracket_depth.png
 #
 # Environment: PYTHON (default: python3, or the project's .venv if there is one), DISPLAY_NUM
-# (default :96). Needs Xvfb, xdotool and imagemagick.
+# (default :96), KIND (the quantity colouring the text: h by default, or c, a gate name).
+# Needs Xvfb, xdotool and imagemagick.
 set -euo pipefail
 
 cd "$(dirname "$0")/../.."
@@ -31,6 +32,7 @@ if [[ -z "${PYTHON:-}" ]]; then
     if [[ -x "$ROOT/.venv/bin/python" ]]; then PYTHON=$ROOT/.venv/bin/python; else PYTHON=python3; fi
 fi
 DISPLAY_NUM=${DISPLAY_NUM:-:96}
+KIND=${KIND:-h}
 for tool in Xvfb xdotool import; do
     command -v "$tool" >/dev/null || { echo "take_text.sh: $tool is missing" >&2; exit 2; }
 done
@@ -54,7 +56,7 @@ unset QT_QPA_PLATFORM
 
 for feature in in_string bracket_depth; do
     TARGETS=$WORK/$feature.json
-    "$PYTHON" - "$RUN" "$feature" "$TARGETS" >"$WORK/$feature.log" 2>&1 <<'PY' &
+    "$PYTHON" - "$RUN" "$feature" "$TARGETS" "$KIND" >"$WORK/$feature.log" 2>&1 <<'PY' &
 """The viewer on RUN with the Text panel floated over the whole screen; writes the screen
 positions of a span to drag over once the feature's best unit colours the text."""
 import json
@@ -66,12 +68,13 @@ from PyQt6 import QtCore
 from keras_rnnx import interpret
 from visualizer.main_window import MainWindow, make_application
 
-run, feature, out = sys.argv[1:4]
+run, feature, out, kind = sys.argv[1:5]
 app = make_application()
 window = MainWindow([run], settings=None)
 window.resize(1600, 1000)
 window.show()
 panel = window.panels["text"]
+panel.select_kind(kind)
 panel.select_feature(feature, best=True)
 dock = window.docks["text"]
 dock.setFloating(True)
@@ -82,7 +85,7 @@ panel.splitter.setSizes([1150, 450])
 
 
 def ready():
-    if panel.shown.get("values") is None or not panel.jobs.idle or panel._best_pending \
+    if panel.shown.get("array") is None or not panel.jobs.idle or panel._best_pending \
             or panel.ranking() is None or panel.shown.get("unit") != panel.unit:
         QtCore.QTimer.singleShot(200, ready)
         return
