@@ -473,3 +473,34 @@ def test_screenshot_of_the_text_panel_with_a_unit(tmp_path, capsys):
         main([str(tmp_path / "run"), "--screenshot", str(out), "--panel", "text",
               "--feature", "depth"])
     assert "--feature: unknown feature 'depth'" in capsys.readouterr().err
+
+
+def test_ranking_and_matching_import_neither_tensorflow_nor_keras(tmp_path):
+    import subprocess
+    import sys
+
+    write_corpus_run(tmp_path / "run").close()
+    script = f"""
+import os, sys
+os.environ["QT_QPA_PLATFORM"] = "offscreen"
+from visualizer.main_window import MainWindow, make_application
+app = make_application()
+window = MainWindow([{str(tmp_path / "run")!r}], settings=None, follow=False)
+window.collection.load()
+window.show()
+window.show_panel("text")
+panel = window.panels["text"]
+panel.select_span(10, 14)
+for _ in range(3):
+    window.tick(force=True)
+    panel.jobs.wait(120)
+assert panel.ranking()[0] == "ok" and panel.match_result()[0] == "ok"
+window.close()
+bad = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras"))
+assert not bad, bad
+print("clean")
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=300, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert result.returncode == 0, result.stderr
+    assert "clean" in result.stdout

@@ -136,6 +136,8 @@ PY
     xdotool mousemove "$X2" "$Y2" mouseup 1
     sleep 4  # the match runs in the panel's worker; the timer draws it
     import -window root "$OUT/text_xvfb_$feature.png"
+    # 256 colours keep the picture under 300 KB for the docs
+    convert "$OUT/text_xvfb_$feature.png" -colors 256 "PNG8:$OUT/text_xvfb_$feature.png"
     say "wrote $OUT/text_xvfb_$feature.png"
     kill "$VIEWER" 2>/dev/null || true
     wait "$VIEWER" 2>/dev/null || true
