@@ -19,10 +19,10 @@ the matching run in a worker thread (NumPy only); the canvas colours only what i
 from __future__ import annotations
 
 import math
+import queue
 import threading
 import time
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -320,11 +320,14 @@ class _Jobs:
     """One worker thread for the analysis (NumPy only, no Qt): results by key, newest kept.
 
     `version` bumps when a result arrives; the panel's view key includes it, so the window's
-    timer draws the result at its next tick.
+    timer draws the result at its next tick. The thread is a daemon: a long match still
+    running never holds up closing the viewer.
     """
 
     def __init__(self, keep: int = 16) -> None:
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rnnx-viz-text")
+        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._work, name="rnnx-viz-text", daemon=True)
+        self.thread.start()
         self.keep = keep
         self.results: OrderedDict[Any, tuple[str, Any]] = OrderedDict()
         self.pending: set = set()
@@ -349,7 +352,17 @@ class _Jobs:
                 self.pending.discard(key)
                 self.version += 1
 
-        self.pool.submit(run)
+        self.queue.put(run)
+
+    def _work(self) -> None:
+        while True:
+            job = self.queue.get()
+            if job is None:
+                return
+            job()
+
+    def stop(self) -> None:
+        self.queue.put(None)
 
     def get(self, key: Any) -> tuple[str, Any] | None:
         with self._lock:
@@ -850,7 +863,7 @@ class TextPanel(Panel):
                 [(*head, i, c, v) for i, (c, v) in enumerate(zip(chars, values.tolist()))])
 
     def closeEvent(self, event: QtGui.QCloseEvent) -> None:  # noqa: N802 - Qt's name
-        self.jobs.pool.shutdown(wait=False, cancel_futures=True)
+        self.jobs.stop()
         super().closeEvent(event)
 
 
