@@ -157,6 +157,11 @@ class TextCanvas(QtWidgets.QAbstractScrollArea):
         super().resizeEvent(event)
         self._update_bars()
 
+    def scrollContentsBy(self, dx: int, dy: int) -> None:  # noqa: N802 - Qt's name
+        # Every paint draws the whole viewport from the layout: moving the old pixels first
+        # (Qt's default) would only be work thrown away.
+        self.viewport().update()
+
     def scroll_to_item(self, item: int) -> None:
         """Scrolls so that `item` is on screen, a third of the way down."""
         layout = self.layout_
