@@ -3,6 +3,7 @@ zeros and non-finite values on log axes (pytest-qt, offscreen)."""
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 import time
@@ -42,6 +43,10 @@ def make_window(qtbot):
     yield make
     for window in windows:
         window.close()
+    # Collect the closed windows now, while nothing paints: pyqtgraph items collected by a later
+    # garbage collection, in the middle of another test's event processing, can crash Qt.
+    windows.clear()
+    gc.collect()
 
 
 def _start_run(path, cell="forget", steps=2):
@@ -119,12 +124,19 @@ def test_follows_the_newest_live_run_then_stays_on_a_chosen_one(make_window, tmp
 
 
 def test_the_run_list_shows_live_finished_and_crashed(make_window, tmp_path, qtbot):
-    window = make_window(tmp_path, stale_seconds=4.0)
+    window = make_window(tmp_path, stale_seconds=3.0)
     ok = _start_run(tmp_path / "ok")
     failing = _start_run(tmp_path / "failing")
     killed = _start_run(tmp_path / "killed")
-    qtbot.waitUntil(lambda: _list_texts(window) == [
-        "failing  [live]", "killed  [live]", "ok  [live]"], timeout=15000)
+
+    def all_live():
+        # The runs keep writing until the viewer has found them, however slow the machine.
+        for step, writer in enumerate((ok, failing, killed)):
+            writer.write_scalars(step, {"loss": 1.0}, phase="batch")
+            writer.flush()
+        return _list_texts(window) == ["failing  [live]", "killed  [live]", "ok  [live]"]
+
+    qtbot.waitUntil(all_live, timeout=15000)
     ok.close()  # on_train_end: the end record says "ok"
     failing.close("error: ValueError")  # fit raised inside the monitor's `with` block
     # `killed` is never closed and writes nothing more, like a process killed with SIGKILL.
@@ -139,6 +151,31 @@ def test_the_run_list_shows_live_finished_and_crashed(make_window, tmp_path, qtb
     qtbot.waitUntil(lambda: _list_texts(window)[1] == "killed  [live]", timeout=15000)
     killed.close()
     qtbot.waitUntil(lambda: _list_texts(window)[1] == "killed  [finished]", timeout=10000)
+
+
+def test_following_keeps_every_compared_run_on_screen(tmp_path):
+    from visualizer.model import RunCollection
+
+    older = _start_run(tmp_path / "a")
+    time.sleep(0.02)
+    newer = _start_run(tmp_path / "b")
+    other = write_synthetic_run(tmp_path / "c", units=UNITS, timesteps=T, batch=B, probes=2)
+    try:
+        collection = RunCollection([tmp_path])
+        collection.load()
+        collection.set_compared([2])  # a compared with c, as with --compare
+        assert [r.name for r in collection.shown_runs()] == ["a", "c"]
+        assert collection.follow_newest_run()
+        assert [r.name for r in collection.shown_runs()] == ["b", "a", "c"]
+        assert collection.runs[2].path == other
+        # Without a comparison the newest run simply replaces the one shown.
+        collection.choose(0)
+        collection.set_compared([])
+        collection.set_follow_newest(True)
+        assert [r.name for r in collection.shown_runs()] == ["b"]
+    finally:
+        older.close()
+        newer.close()
 
 
 # ---- comparing 8 runs ----------------------------------------------------------------------------
@@ -260,8 +297,8 @@ def test_zero_gradients_are_drawn_at_the_stated_floor(make_window, tmp_path, qtb
     np.testing.assert_array_equal(bad_x, [10, 20])
     assert (bad_y > math.log10(3.7e-4)).all()
     note = panel.line_plot.titleLabel.text
-    assert "96 ‖∂L/∂h_t‖s = 0 drawn at the floor 1e-10" in note
-    assert "1 NaN at 10" in note and "1 +Inf at 20" in note
+    assert "‖∂L/∂h_t‖ = 0 drawn ▽ at 1e-10: cec t 0 … 98" in note
+    assert "1 NaN at t 10, 1 +Inf at t 20" in note
     # The history map paints the zeros with the colour at the floor, NaN/Inf over it.
     cell = panel.cells[0]
     row = cell.image.image[0]
@@ -289,3 +326,43 @@ def test_log_values_floor_and_grid_shape_by_hand():
     assert grid_shape(1, 10, 10) == (1, 1)
     assert grid_shape(4, 4000, 100) == (1, 4)
     assert grid_shape(0, 100, 100) == (0, 0)
+
+
+def test_zero_weight_gradients_are_drawn_at_the_floor(make_window, tmp_path):
+    info = layer_meta("vanilla", 3, 4)
+    writer = RunWriter(tmp_path / "run", meta=run_meta({"rnn": info}, 1, 4, 1))
+    norms = [0.0, 2e-3, 0.0, 5e-2]
+    for step, value in enumerate(norms):
+        for kind in ("kernel_grad_norm", "recurrent_kernel_grad_norm", "bias_grad_norm"):
+            writer.write_frame(kind, "rnn", 10 * step, np.array([value]))
+    writer.close()
+    window = make_window(tmp_path / "run", follow=False)
+    window.collection.load()
+    window.tick(force=True)
+    panel = window.panels["weight_grads"]
+    marks = panel.marks["recurrent_kernel_grad_norm"]
+    assert marks.floor == pytest.approx(1e-4)  # a decade under 2e-3
+    x, y = marks.zero_items[0].getData()
+    np.testing.assert_array_equal(x, [0, 20])
+    np.testing.assert_allclose(y, -4)
+    curve = [i for p, i in panel._items if p is panel.plots["recurrent_kernel_grad_norm"]][0]
+    np.testing.assert_array_equal(np.isfinite(curve.yData), [False, True, False, True])
+
+
+def test_a_zero_loss_on_the_log_scale_is_drawn_at_the_floor(make_window, tmp_path):
+    with RunWriter(tmp_path / "run") as writer:
+        for step, loss in enumerate([1.0, 0.0, 0.5]):
+            writer.write_scalars(step, {"loss": loss}, phase="batch")
+    window = make_window(tmp_path / "run", follow=False)
+    window.collection.load()
+    panel = window.panels["training_curves"]
+    panel.log_scale.setChecked(True)
+    window.tick(force=True)
+    marks = panel._marks["loss", "batch"]
+    x, y = marks.zero_items[0].getData()
+    np.testing.assert_array_equal(x, [1])
+    np.testing.assert_allclose(y, -2)  # floor 0.01: a decade under the smallest loss, 0.5
+    assert marks.floor_line.isVisible()
+    panel.log_scale.setChecked(False)  # on a linear axis 0 is an ordinary point
+    window.tick(force=True)
+    assert not marks.zero_items and not marks.floor_line.isVisible()

@@ -219,6 +219,17 @@ class LogValues:
         self.posinf = np.flatnonzero(self.values == np.inf)
         self.neginf = np.flatnonzero(self.values == -np.inf)
 
+    def zeros_text(self) -> str:
+        """Where the zeros are, e.g. `"t 0–98"` (empty if none)."""
+        return _index_range(self.zeros, "t ")
+
+    def bad_text(self) -> str:
+        """What cannot be drawn besides zeros, e.g. `"1 NaN at t 10, 1 +Inf at t 20"`."""
+        return ", ".join(f"{found.size} {name}{_index_range(found, ' at t ')}"
+                         for name, found in (("NaN", self.nan), ("+Inf", self.posinf),
+                                             ("-Inf", self.neginf), ("< 0", self.negative))
+                         if found.size)
+
     @property
     def nonfinite(self) -> np.ndarray:
         """Indices of NaN and ±Inf values, sorted."""
@@ -237,14 +248,14 @@ class LogValues:
         return "; ".join(parts) if parts else None
 
 
-def _index_range(indices: np.ndarray) -> str:
+def _index_range(indices: np.ndarray, prefix: str = " at ") -> str:
     if not indices.size:
         return ""
     first, last = int(indices[0]), int(indices[-1])
     if first == last:
-        return f" at {first}"
+        return f"{prefix}{first}"
     contiguous = last - first + 1 == indices.size
-    return f" at {first}–{last}" if contiguous else f" between {first} and {last}"
+    return f"{prefix}{first}–{last}" if contiguous else f"{prefix}{first} … {last}"
 
 
 def log_values(arrays: Sequence[np.ndarray], decades_below: int = 1) -> list[LogValues]:
@@ -841,16 +852,18 @@ class RunCollection:
     def follow_newest_run(self) -> bool:
         """With `follow_newest` on, makes the newest live run primary (at its newest step).
 
-        Returns whether the primary run changed. The run shown before stays compared when it
-        was ticked for comparison; otherwise it is simply replaced.
+        Returns whether the primary run changed. While runs are compared, the run shown before
+        joins them (nothing disappears from a comparison); otherwise it is simply replaced.
         """
         if not self.follow_newest:
             return False
         index = self.newest_live_index()
         if index is None or index == self.primary_index:
             return False
+        before, comparing = self.primary_index, bool(self.compared)
         self.set_primary(index)
-        self.set_compared([k for k in self.compared if k != index])
+        self.set_compared([k for k in self.compared if k != index] +
+                          ([before] if comparing else []))
         self.follow()
         return True
 

@@ -24,6 +24,8 @@
 # default layout at 1600x1000 (the viewer starts with a fresh settings directory); override them
 # with RUN_ROW_Y0, RUN_ROW_H, RUN_X, FOLLOW_XY and COMPARE_XY if the layout changes.
 #
+# Screenshots over 300 KB are stored with a 256-colour palette.
+#
 # Environment: PYTHON (default: python3, or the project's .venv if there is one), DISPLAY_NUM
 # (default :97), SETTLE (seconds a run trains before its screenshot; default 12, 2 with --smoke),
 # KEEP_RUNS=1 keeps the runs directory. Needs Xvfb, xdotool and imagemagick:
@@ -112,9 +114,14 @@ wait_for_run() {
     return 1
 }
 
+# shot NAME: the whole screen; over 300 KB it is stored with a 256-colour palette (docs/ keeps
+# images small).
 shot() {
     import -window root "$OUT/$1"
-    say "$1: title '$(title)'"
+    if (($(stat -c %s "$OUT/$1") > 300000)); then
+        convert "$OUT/$1" -colors 256 "PNG8:$OUT/$1"
+    fi
+    say "$1: title '$(title)', $(($(stat -c %s "$OUT/$1") / 1024)) KB"
 }
 
 click() {

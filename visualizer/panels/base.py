@@ -26,19 +26,22 @@ __all__ = [
     "HeatmapCell",
     "LogMarks",
     "Panel",
+    "block_order",
     "block_pen",
     "compare_pen",
-    "fill_legend",
+    "SideLegend",
     "outside_legend",
     "style_pen",
     "run_color",
     "format_value",
     "TimeAxis",
+    "ValueAxis",
     "dress",
     "plain_axes",
     "run_pen",
     "set_time_ticks",
     "time_plot",
+    "value_plot",
 ]
 
 # Colour-blind-safe (Okabe-Ito) colours: one per run (Okabe-Ito's black is a light grey here,
@@ -89,15 +92,33 @@ def block_pen(name: str, block_index: int, run_index: int) -> QtGui.QPen:
     return pen
 
 
-def compare_pen(block_index: int, run_index: int) -> QtGui.QPen:
+# With several runs on one plot a gate block is a line style, the same in every cell.
+_BLOCK_STYLES = {
+    "i": QtCore.Qt.PenStyle.SolidLine,
+    "f": QtCore.Qt.PenStyle.DashLine,
+    "z": QtCore.Qt.PenStyle.DotLine,
+    "o": QtCore.Qt.PenStyle.DashDotLine,
+}
+
+
+def block_order(entry: tuple[Any, str]) -> int:
+    """Sort key of a `(pen, block name)` legend entry: the lecture's i, f, z, o, then others."""
+    return list(_BLOCK_STYLES).index(entry[1]) if entry[1] in _BLOCK_STYLES else len(_BLOCK_STYLES)
+
+
+def block_style(name: str, block_index: int) -> QtCore.Qt.PenStyle:
+    return _BLOCK_STYLES.get(name, _RUN_STYLES[block_index % len(_RUN_STYLES)])
+
+
+def compare_pen(name: str, block_index: int, run_index: int) -> QtGui.QPen:
     """With several runs on one plot: colour by run, line style by gate block."""
-    return run_pen(run_index, style=_RUN_STYLES[block_index % len(_RUN_STYLES)])
+    return run_pen(run_index, style=block_style(name, block_index))
 
 
-def style_pen(block_index: int) -> QtGui.QPen:
-    """The neutral pen that stands for gate block `block_index` in a legend of line styles."""
+def style_pen(name: str, block_index: int) -> QtGui.QPen:
+    """The neutral pen that stands for gate block `name` in a legend of line styles."""
     pen = pg.mkPen("#DDDDDD", width=2)
-    pen.setStyle(_RUN_STYLES[block_index % len(_RUN_STYLES)])
+    pen.setStyle(block_style(name, block_index))
     return pen
 
 
@@ -157,6 +178,31 @@ class TimeAxis(pg.AxisItem):
         return labels
 
 
+class ValueAxis(pg.AxisItem):
+    """A value axis whose labels on a log scale never crowd: decades, and on a range shorter
+    than 1.5 decades also 2 and 5 (pyqtgraph labels every minor tick, 2 to 9, where they fit
+    on average, and they bunch up under each decade)."""
+
+    def logTickStrings(self, values, scale, spacing):  # noqa: N802 - pyqtgraph's name
+        strings = super().logTickStrings(values, scale, spacing)
+        span = abs(self.range[1] - self.range[0])
+        kept = []
+        for value, text in zip(values, strings):
+            mantissa = 10.0 ** (value - math.floor(value + 1e-9))
+            decade = abs(mantissa - 1.0) < 1e-6 or abs(mantissa - 10.0) < 1e-5
+            short = span < 1.5 and min(abs(mantissa - 2.0), abs(mantissa - 5.0)) < 1e-6
+            kept.append(text if decade or short else "")
+        return kept
+
+
+def value_plot(layout: pg.GraphicsLayout | pg.GraphicsLayoutWidget, row: int, col: int,
+               **kwargs: Any) -> pg.PlotItem:
+    """A plot whose left axis is a `ValueAxis`."""
+    plot = layout.addPlot(row=row, col=col, axisItems={"left": ValueAxis("left")}, **kwargs)
+    plain_axes(plot)
+    return plot
+
+
 def set_time_ticks(axis: pg.AxisItem, tokens: Sequence[str] | None, length: int,
                    offset: float = 0.5) -> None:
     """Labels a `TimeAxis` with `tokens` when there is one per time step (else numbers)."""
@@ -167,7 +213,8 @@ def set_time_ticks(axis: pg.AxisItem, tokens: Sequence[str] | None, length: int,
 def time_plot(layout: pg.GraphicsLayout | pg.GraphicsLayoutWidget, row: int, col: int,
               **kwargs: Any) -> pg.PlotItem:
     """A plot whose bottom axis is a `TimeAxis`."""
-    plot = layout.addPlot(row=row, col=col, axisItems={"bottom": TimeAxis("bottom")}, **kwargs)
+    plot = layout.addPlot(row=row, col=col, axisItems={"bottom": TimeAxis("bottom"),
+                                                       "left": ValueAxis("left")}, **kwargs)
     plain_axes(plot)
     return plot
 
@@ -186,26 +233,49 @@ def dress(plot: pg.PlotItem, *, legend: bool = True, grid_alpha: float = 0.25) -
         plot.addLegend(offset=(-10, 10), labelTextSize="8pt", brush=(0, 0, 0, 150))
 
 
+_STYLE_GLYPHS = {
+    QtCore.Qt.PenStyle.SolidLine: "━━━",
+    QtCore.Qt.PenStyle.DashLine: "━ ━",
+    QtCore.Qt.PenStyle.DotLine: "┅┅┅",
+    QtCore.Qt.PenStyle.DashDotLine: "━ · ━",
+}
+
+
+class SideLegend(pg.LabelItem):
+    """A legend of `(pen, label)` entries, drawn as text: a line of the pen's colour and style
+    (as glyphs) before each label. Text, not sample curves: legend samples of curves that
+    belong to no plot crashed Qt when collected."""
+
+    def __init__(self) -> None:
+        super().__init__("", size="8pt", justify="left")
+        self.entries: list[tuple[str, int, str]] = []
+
+    def set_entries(self, entries: Sequence[tuple[QtGui.QPen, str]]) -> None:
+        """Replaces the entries (only when they change: a new text relays the plots)."""
+        key = [(pen.color().name(), int(pen.style().value), label) for pen, label in entries]
+        if key == self.entries:
+            return
+        self.entries = key
+        rows = []
+        for pen, label in entries:
+            glyph = _STYLE_GLYPHS.get(pen.style(), "━━━")
+            rows.append(f'<span style="color:{pen.color().name()}">{glyph}</span>&nbsp;'
+                        f'<span style="color:#CCCCCC">{label}</span>')
+        self.setText("<br>".join(rows))
+
+    def labels(self) -> list[str]:
+        return [label for _, _, label in self.entries]
+
+
 def outside_legend(layout: pg.GraphicsLayout, row: int, col: int,
-                   rowspan: int = 1) -> pg.LegendItem:
+                   rowspan: int = 1) -> SideLegend:
     """A legend in its own layout cell beside a plot, so that it never covers the data."""
-    legend = pg.LegendItem(labelTextSize="8pt", verSpacing=-4)
+    legend = SideLegend()
     # Fixed both ways: a legend stretched to the row's height spreads its entries apart.
     legend.setSizePolicy(QtWidgets.QSizePolicy.Policy.Fixed,
                          QtWidgets.QSizePolicy.Policy.Fixed)
     layout.addItem(legend, row=row, col=col, rowspan=rowspan)
     return legend
-
-
-def fill_legend(legend: pg.LegendItem, entries: Sequence[tuple[QtGui.QPen, str]]) -> None:
-    """Replaces the entries of `legend` by `(pen, label)` samples (only when they change)."""
-    key = [(pen.color().name(), int(pen.style().value), label) for pen, label in entries]
-    if getattr(legend, "_rnnx_key", None) == key:
-        return
-    legend._rnnx_key = key
-    legend.clear()
-    for pen, label in entries:
-        legend.addItem(pg.PlotDataItem(pen=pen), label)
 
 
 class LogMarks:
@@ -247,9 +317,12 @@ class LogMarks:
             if values.zeros.size:
                 floor = values.floor
                 self.zero_count += int(values.zeros.size)
+                # Every run's zeros sit on the same floor: growing hollow triangles keep the
+                # runs' markers apart where they coincide.
+                size = 7 + 4 * len(self.zero_items)
                 item = pg.ScatterPlotItem(
                     x[values.zeros], np.full(values.zeros.size, place(values.floor)), symbol="t",
-                    size=8, pen=pg.mkPen(color, width=1.5), brush=None,
+                    size=size, pen=pg.mkPen(color, width=1.5), brush=None,
                 )
                 self.plot.addItem(item)
                 self.zero_items.append(item)

@@ -148,7 +148,7 @@ class GradientFlowPanel(Panel):
             found_all.append((index, run, layer, found))
         prepared = log_values([f[1] for *_, f in found_all if f is not None])
         marks = []
-        notes = []
+        zeros, bad = [], []
         k = 0
         for index, run, layer, found in found_all:
             curve = self._curves.get(index)
@@ -169,9 +169,10 @@ class GradientFlowPanel(Panel):
             x = np.arange(len(norms), dtype=np.float64)
             curve.setData(x, values.shown)
             marks.append((x, values, color))
-            note = values.note("‖∂L/∂h_t‖")
-            if note:
-                notes.append(f"{run.name}: {note}")
+            if values.zeros.size:
+                zeros.append(f"{run.name} {values.zeros_text()}")
+            if values.bad_text():
+                bad.append(f"{run.name}: {values.bad_text()}")
             self._lines.append({"run": run.name, "layer": layer, "step": frame_step,
                                 "values": norms, "units": run.units(layer),
                                 "tokens": run.tokens(self.collection.sample),
@@ -181,8 +182,14 @@ class GradientFlowPanel(Panel):
                 curve = self._curves.pop(index)
                 self.line_plot.removeItem(curve)
         self.marks.update(marks)
+        # One short line above the plot (a long title would widen the plot past its panel).
+        notes = []
+        if zeros:
+            notes.append(f"‖∂L/∂h_t‖ = 0 drawn ▽ at {prepared[0].floor:.0e}: " + ", ".join(zeros))
+        if bad:
+            notes.append("✕ " + "; ".join(bad))
         self.note = " · ".join(notes)
-        title = self.note if len(self.note) < 160 else self.note[:157] + "…"
+        title = self.note if len(self.note) < 110 else self.note[:107] + "…"
         if self.line_plot.titleLabel.text != title:
             self.line_plot.setTitle(title or None, size="8pt", color="#DDDDDD")
         if self._lines:

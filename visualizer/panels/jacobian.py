@@ -16,10 +16,10 @@ from PyQt6 import QtCore, QtWidgets
 from visualizer.model import RunCollection
 from visualizer.panels.base import (
     Panel,
+    block_order,
     block_pen,
     compare_pen,
     dress,
-    fill_legend,
     format_value,
     outside_legend,
     run_pen,
@@ -141,13 +141,14 @@ class JacobianPanel(Panel):
             cell_thresholds = run.sigma_thresholds(layer, sigmas.shape[1])
             for block, name in enumerate(names):
                 # One run: a colour per block. Several: the run's colour, a line style per block.
-                pen = block_pen(name, block, 0) if len(runs) == 1 else compare_pen(block, index)
+                pen = block_pen(name, block, 0) if len(runs) == 1 else \
+                    compare_pen(name, block, index)
                 item = self.sigma_plot.plot(
                     steps.astype(np.float64), sigmas[:, block], connect="finite", pen=pen,
                     name=f"σ_max {name}" if len(runs) == 1 else f"σ_max {run.name}: {name}",
                 )
                 if not any(label == name for _, label in legend):
-                    legend.append((pen if len(runs) == 1 else style_pen(block), name))
+                    legend.append((pen if len(runs) == 1 else style_pen(name, block), name))
                 self._sigma_items.append(item)
                 threshold = cell_thresholds[block]
                 if threshold is not None:
@@ -156,7 +157,7 @@ class JacobianPanel(Panel):
             self._sigmas.append({"run": run.name, "layer": layer, "steps": steps,
                                  "values": sigmas, "names": names,
                                  "thresholds": cell_thresholds})
-        fill_legend(self.sigma_legend, legend)
+        self.sigma_legend.set_entries(sorted(legend, key=block_order))
         for threshold, kind in sorted(thresholds.items()):
             text = f"1/γ = {threshold:g}" + (f" ({kind} blocks)" if kind else "")
             line = pg.InfiniteLine(

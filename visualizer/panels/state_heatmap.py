@@ -70,6 +70,7 @@ class StateHeatmapPanel(Panel):
         self.body.addWidget(self.graphics)
         self._grid_key: Any = None
         self.bar: pg.ColorBarItem | None = None
+        self._bar_map = DIVERGING
         self.columns = 1
         self.cells: dict[tuple[int, int], HeatmapCell] = {}
         self._shown: dict[tuple[int, int], dict[str, Any]] = {}
@@ -148,6 +149,7 @@ class StateHeatmapPanel(Panel):
         if shared:
             self.bar = pg.ColorBarItem(values=(0, 1), colorMap=DIVERGING, interactive=False,
                                        label="h", width=14)
+            self._bar_map = DIVERGING
         columns = max((len(row) for row in grid), default=1)
         for r, row in enumerate(grid):
             for c, _ in enumerate(row):
@@ -228,8 +230,8 @@ class StateHeatmapPanel(Panel):
             label = f"{kind} ∈ [{low:g}, {high:g}] (scaled)"
         colormap = SEQUENTIAL if low >= 0 else DIVERGING
         if self.bar is not None:
-            if getattr(self.bar, "_rnnx_map", None) != colormap:
-                self.bar._rnnx_map = colormap
+            if self._bar_map != colormap:
+                self._bar_map = colormap
                 self.bar.setColorMap(colormap)
             if self.bar.getAxis("left").labelText != label:
                 self.bar.getAxis("left").setLabel(label)

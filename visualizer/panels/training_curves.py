@@ -8,14 +8,16 @@ import numpy as np
 import pyqtgraph as pg
 from PyQt6 import QtCore, QtWidgets
 
-from visualizer.model import RunCollection, RunModel
+from visualizer.model import LogValues, RunCollection, RunModel, log_floor
 from visualizer.panels.base import (
+    LogMarks,
     Panel,
+    SideLegend,
     dress,
-    fill_legend,
     format_value,
     outside_legend,
     run_pen,
+    value_plot,
 )
 
 __all__ = ["TrainingCurvesPanel", "metric_groups"]
@@ -81,13 +83,14 @@ class TrainingCurvesPanel(Panel):
         self.graphics.clear()
         self.forget_hover()
         self._plots, self._curves, self._step_lines, self._nan_lines = {}, {}, [], []
-        self._legends: dict[str, pg.LegendItem] = {}
+        self._legends: dict[str, SideLegend] = {}
+        self._marks: dict[tuple[str, str], LogMarks] = {}
         titled: set[str] = set()
         for row, group in enumerate(groups):
             for col, (phase, caption) in enumerate(PHASES):
                 if not any((name, phase) in present for name in groups[group]):
                     continue
-                plot = self.graphics.addPlot(row=row, col=col)
+                plot = value_plot(self.graphics, row, col)
                 dress(plot, grid_alpha=0.2, legend=False)
                 if group not in self._legends:
                     # Beside the row's plots: a legend never covers a curve.
@@ -98,6 +101,7 @@ class TrainingCurvesPanel(Panel):
                     titled.add(phase)
                     plot.setTitle(caption, size="10pt")
                 self._plots[group, phase] = plot
+                self._marks[group, phase] = LogMarks(plot)
                 self.watch_hover(self.graphics, plot, self._describe(group, phase))
                 if phase == "batch":
                     line = pg.InfiniteLine(angle=90, pen=pg.mkPen("#888888", width=1))
@@ -144,6 +148,7 @@ class TrainingCurvesPanel(Panel):
             plot.removeItem(line)
         self._nan_lines = []
         self._shown = []
+        self._log_series: dict[tuple[str, str], list] = {key: [] for key in self._plots}
         for run_index, run in enumerate(runs):
             for group, members in groups.items():
                 for phase, _ in PHASES:
@@ -152,6 +157,17 @@ class TrainingCurvesPanel(Panel):
                         continue
                     for name in members:
                         self._draw_series(plot, run_index, run, name, phase, log, len(runs))
+                        if (steps := run.scalars(name, phase)[0]).size:
+                            self._log_series[group, phase].append(
+                                (steps, run.scalars(name, phase)[1],
+                                 run_pen(self.collection.color_index(run)).color().name()))
+        # On a log axis, zeros (and values below 0) are drawn at a stated floor, not dropped;
+        # NaN and Inf already have their red line.
+        for key, marks in self._marks.items():
+            found = self._log_series.get(key, []) if log else []
+            floor = log_floor([values for _, values, _ in found])
+            marks.update([(steps, LogValues(np.where(np.isfinite(values), values, 1.0), floor),
+                           color) for steps, values, color in found])
         # The legend names the series by line style; the runs' colours are the window's legend
         # (one run: its colour here too).
         color = self.collection.color_index(runs[0]) if len(runs) == 1 else None
@@ -165,7 +181,7 @@ class TrainingCurvesPanel(Panel):
                 pen = run_pen(color, style=style) if color is not None else \
                     pg.mkPen("#DDDDDD", width=2, style=style)
                 entries.append((pen, name))
-            fill_legend(legend, entries)
+            legend.set_entries(entries)
 
     def _draw_series(self, plot: pg.PlotItem, run_index: int, run: RunModel, name: str,
                      phase: str, log: bool, run_count: int) -> None:

@@ -8,16 +8,18 @@ import numpy as np
 import pyqtgraph as pg
 from PyQt6 import QtWidgets
 
-from visualizer.model import WEIGHT_GRAD_KINDS, RunCollection
+from visualizer.model import WEIGHT_GRAD_KINDS, RunCollection, log_values
 from visualizer.panels.base import (
+    LogMarks,
     Panel,
+    block_order,
     block_pen,
     compare_pen,
     dress,
-    fill_legend,
     format_value,
     outside_legend,
     style_pen,
+    value_plot,
 )
 
 __all__ = ["WeightGradsPanel"]
@@ -40,9 +42,10 @@ class WeightGradsPanel(Panel):
         self.graphics = pg.GraphicsLayoutWidget()
         self.body.addWidget(self.graphics)
         self.plots: dict[str, pg.PlotItem] = {}
+        self.marks: dict[str, LogMarks] = {}
         self.step_lines: list[pg.InfiniteLine] = []
         for row, kind in enumerate(WEIGHT_GRAD_KINDS):
-            plot = self.graphics.addPlot(row=row, col=0)
+            plot = value_plot(self.graphics, row, 0)
             symbol, caption = CAPTIONS[kind]
             plot.setLogMode(y=True)
             dress(plot, legend=False)
@@ -56,6 +59,7 @@ class WeightGradsPanel(Panel):
             plot.addItem(line, ignoreBounds=True)
             self.step_lines.append(line)
             self.plots[kind] = plot
+            self.marks[kind] = LogMarks(plot)
             self.watch_hover(self.graphics, plot, self._describe(kind))
         # One legend of the gate blocks for the three plots, beside them (never on the data).
         self.legend = outside_legend(self.graphics, 0, 1, rowspan=len(WEIGHT_GRAD_KINDS))
@@ -77,6 +81,7 @@ class WeightGradsPanel(Panel):
         self._items, self._shown = [], []
         wanted = set()
         legend: list = []
+        series: dict[str, list] = {kind: [] for kind in WEIGHT_GRAD_KINDS}
         for index, run in enumerate(runs):
             layer = self.collection.layer_for(run)
             if layer is None:
@@ -89,13 +94,11 @@ class WeightGradsPanel(Panel):
                 names = run.block_names(layer, values.shape[1])
                 plot = self.plots[kind]
                 for block, name in enumerate(names):
-                    shown = values[:, block].copy()
-                    shown[~(np.isfinite(shown) & (shown > 0))] = np.nan
                     color = self.collection.color_index(run)
                     pen = block_pen(name, block, 0) if len(runs) == 1 else \
-                        compare_pen(block, color)
+                        compare_pen(name, block, color)
                     if not any(label == name for _, label in legend):
-                        legend.append((pen if len(runs) == 1 else style_pen(block), name))
+                        legend.append((pen if len(runs) == 1 else style_pen(name, block), name))
                     key = (index, run.name, kind, block, name, len(runs))
                     wanted.add(key)
                     if key not in self._curves:
@@ -103,11 +106,19 @@ class WeightGradsPanel(Panel):
                         self._curves[key] = (plot, item)
                     item = self._curves[key][1]
                     item.setPen(pen)
-                    item.setData(steps.astype(np.float64), shown)
+                    series[kind].append((item, steps.astype(np.float64), values[:, block],
+                                         pen.color().name()))
                     self._items.append((plot, item))
                 self._shown.append({"run": run.name, "layer": layer, "kind": kind,
                                     "steps": steps, "values": values, "names": names})
-        fill_legend(self.legend, legend)
+        # Zeros at a floor under each plot's smallest value, NaN/Inf as crosses (LogMarks).
+        for kind, found in series.items():
+            prepared = log_values([values for _, _, values, _ in found])
+            for (item, steps, _, _), values in zip(found, prepared):
+                item.setData(steps, values.shown)
+            self.marks[kind].update([(steps, values, color) for (_, steps, _, color), values
+                                     in zip(found, prepared)])
+        self.legend.set_entries(sorted(legend, key=block_order))
         for key in [k for k in self._curves if k not in wanted]:
             plot, item = self._curves.pop(key)
             plot.removeItem(item)
