@@ -124,7 +124,7 @@ class CorpusProbe:
         for target in targets:
             target.layer.reset_state()
         probe = diagnostics.get_probe(twin, layers=self.layers, jacobian=False)
-        keys = set(probe.layer_keys)
+        keys = list(probe.layer_keys)  # model order
         n = len(self.text)
         pieces: dict[str, dict[str, list[np.ndarray]]] = {}
         for begin in range(0, n, self.window):
