@@ -204,7 +204,7 @@ class CorpusProbe:
         room = self.max_bytes - self.stored_bytes
         # Recordings every N steps keep room for the one at the end of training.
         needed = size if final else 2 * size
-        if size is not None and needed > room:
+        if needed > room:
             self.skipped += 1
             put("write_event", "corpus_skipped", {
                 "corpus": self.name, "bytes": size, "stored_bytes": self.stored_bytes,
@@ -220,7 +220,7 @@ class CorpusProbe:
         self.recordings += 1
         return True
 
-    def _recording_bytes(self, model) -> int | None:
+    def _recording_bytes(self, model) -> int:
         """Bytes of one recording: N × Σ units × (states + gates) × itemsize."""
         from keras_rnnx import diagnostics
 
