@@ -19,7 +19,7 @@ random offset. Writes the classic picture (held-out code coloured by the best un
 in_string, bracket_depth and column) to `--out` and the gate-saturation scatter of the
 paper's Fig. 3 next to it (`*_saturation.png`).
 
-    python examples/char_lm.py                        # all four cells (about 6 min on 2 cores)
+    python examples/char_lm.py                        # all four cells (5-8 min on 2 cores)
     python examples/char_lm.py --cell forget          # one cell
     python examples/char_lm.py --monitor runs/chars   # record each run, corpus probe included
     python examples/char_lm.py --viz                  # ... and watch them live
@@ -138,8 +138,8 @@ def kneser_ney_log2probs(train: np.ndarray, test: np.ndarray, order: int,
     P_k(w|h) = max(C_k(hw) − D_k, 0)/T_k(h) + D_k·N_k(h)/T_k(h) · P_{k−1}(w|h′), with C_n the
     counts of n-grams, C_k (k < n) continuation counts (how many distinct characters precede
     hw), T_k(h) = Σ_w C_k(hw), N_k(h) the number of w with C_k(hw) > 0, D_k = n1/(n1 + 2·n2)
-    from the counts of counts, P_0 uniform over the vocabulary; an unseen context h backs off
-    to P_{k−1} whole (Chen & Goodman 1998).
+    from the counts of counts (0.5 when no count is 1 or 2), P_0 uniform over the vocabulary;
+    an unseen context h backs off to P_{k−1} whole (Chen & Goodman 1998).
     """
     v = np.int64(vocab)
 
@@ -461,14 +461,14 @@ def main(argv=None):
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--clip", type=float, default=5.0, help="global gradient-norm clip")
     parser.add_argument("--order", type=int, default=5, help="order of the n-gram baseline")
-    parser.add_argument("--eval-chars", type=int, default=200_000,
+    parser.add_argument("--eval-chars", type=int, default=100_000,
                         help="held-out characters for bits per character")
     parser.add_argument("--corpus-chars", type=int, default=20_000,
                         help="held-out characters the corpus probe runs as one stream")
     parser.add_argument("--corpus-every", type=int, default=None,
                         help="with --monitor, record the corpus probe every this many steps "
                              "too (default: at the end of training only)")
-    parser.add_argument("--sample-chars", type=int, default=240)
+    parser.add_argument("--sample-chars", type=int, default=200)
     args = common.finish_arguments(parser.parse_args(argv), "char_lm")
     if args.smoke:
         args.corpus_mb, args.units, args.batch, args.seq = 0.02, 16, 8, 20

@@ -53,6 +53,8 @@ class CorpusProbe:
             training; that one is skipped only when it does not fit at all.
         dtype: the dtype the frames are stored in (float16 by default: states and gates of
             tanh/sigmoid cells lie in [-1, 1], and float16 halves the log).
+        reset_every: zero the states before every character whose index is a multiple of
+            this (None: one stream from zero states, never reset).
     """
 
     def __init__(
@@ -66,6 +68,7 @@ class CorpusProbe:
         meta: dict | None = None,
         max_mb: float = 256.0,
         dtype: str = "float16",
+        reset_every: int | None = None,
     ) -> None:
         from keras_rnnx import runlog
 
@@ -87,6 +90,12 @@ class CorpusProbe:
                 f"Invalid value for argument `window`: expected a positive integer, got "
                 f"{window!r}."
             )
+        if reset_every is not None and (isinstance(reset_every, bool)
+                                        or not isinstance(reset_every, int) or reset_every < 1):
+            raise ValueError(
+                f"Invalid value for argument `reset_every`: expected a positive integer or "
+                f"None, got {reset_every!r}."
+            )
         if not float(max_mb) > 0:
             raise ValueError(
                 f"Invalid value for argument `max_mb`: expected a positive number, got "
@@ -99,6 +108,7 @@ class CorpusProbe:
         self.text = text
         self.inputs = inputs
         self.window = window
+        self.reset_every = reset_every
         self.layers = layers
         self.name = str(name)
         self.meta = dict(meta or {})
@@ -124,11 +134,17 @@ class CorpusProbe:
         for target in targets:
             target.layer.reset_state()
         probe = diagnostics.get_probe(twin, layers=self.layers, jacobian=False)
-        keys = set(probe.layer_keys)
+        keys = list(probe.layer_keys)  # model order
         n = len(self.text)
+        every = self.reset_every or n
         pieces: dict[str, dict[str, list[np.ndarray]]] = {}
-        for begin in range(0, n, self.window):
-            stop = min(n, begin + self.window)
+        begin = 0
+        while begin < n:
+            if begin and begin % every == 0:
+                for target in targets:
+                    target.layer.reset_state()
+            # A window never crosses a reset.
+            stop = min(n, begin + self.window, (begin // every + 1) * every)
             x = self.inputs[begin:stop]
             if stop - begin < self.window:
                 # Pad the last window to the same length (the steps after `stop` come later
@@ -149,6 +165,7 @@ class CorpusProbe:
                           for name in reader.state_names]
                 for variable, value in zip(target.layer.states, values):
                     variable.assign(value[None])
+            begin = stop
         return {key: {name: np.concatenate(parts, axis=0) for name, parts in fields.items()}
                 for key, fields in pieces.items()}
 
@@ -190,7 +207,7 @@ class CorpusProbe:
     def write_text(self, put: Callable[..., Any]) -> None:
         """Queues the text through `put` (the monitor's writer), once per run."""
         meta = {**self.meta, "window": self.window, "dtype": self.dtype.name,
-                "characters": len(self.text)}
+                "characters": len(self.text), "reset_every": self.reset_every}
         put("write_corpus", self.text, name=self.name, meta=meta)
 
     def record(self, model, put: Callable[..., Any], step: int, *, final: bool) -> bool:
@@ -204,7 +221,7 @@ class CorpusProbe:
         room = self.max_bytes - self.stored_bytes
         # Recordings every N steps keep room for the one at the end of training.
         needed = size if final else 2 * size
-        if size is not None and needed > room:
+        if needed > room:
             self.skipped += 1
             put("write_event", "corpus_skipped", {
                 "corpus": self.name, "bytes": size, "stored_bytes": self.stored_bytes,
@@ -220,7 +237,7 @@ class CorpusProbe:
         self.recordings += 1
         return True
 
-    def _recording_bytes(self, model) -> int | None:
+    def _recording_bytes(self, model) -> int:
         """Bytes of one recording: N × Σ units × (states + gates) × itemsize."""
         from keras_rnnx import diagnostics
 

@@ -82,6 +82,25 @@ def test_the_stream_in_windows_equals_one_numpy_pass(window):
             np.testing.assert_allclose(got[key][name], array, atol=2e-5, err_msg=f"{key} {name}")
 
 
+@pytest.mark.parametrize("window", [7, 20, 500])
+def test_reset_every_zeroes_the_states_before_each_segment(window):
+    kinds = ("forget", "vanilla")
+    model = char_model(kinds)
+    model.fit(np.zeros((8, 9), "int32"), np.zeros((8, 9), "int32"), batch_size=4, verbose=0)
+    got = CorpusProbe(TEXT, ids(), window=window, reset_every=20).run(model)
+    # The reference: each 20-character segment run from zero states by the NumPy loop.
+    segments = [numpy_stream(model, kinds, ids()[a: a + 20]) for a in range(0, len(TEXT), 20)]
+    for key in segments[0]:
+        for name in segments[0][key]:
+            expected = np.concatenate([s[key][name] for s in segments])
+            np.testing.assert_allclose(got[key][name], expected, atol=2e-5,
+                                       err_msg=f"{key} {name}")
+    # ... and differs from the unreset stream after the first reset.
+    stream = CorpusProbe(TEXT, ids(), window=window).run(model)
+    assert np.abs(stream["rnn0"]["c"][20:] - got["rnn0"]["c"][20:]).max() > 1e-3
+    np.testing.assert_allclose(stream["rnn0"]["c"][:20], got["rnn0"]["c"][:20], atol=1e-6)
+
+
 def test_running_leaves_the_model_and_its_states_untouched():
     model = char_model()
     x = np.arange(36).reshape(4, 9) % VOCAB
@@ -107,6 +126,8 @@ def test_backward_layers_and_bad_arguments_are_refused():
         CorpusProbe("abc", np.zeros(2))
     with pytest.raises(ValueError, match="`window`"):
         CorpusProbe("ab", np.zeros(2), window=0)
+    with pytest.raises(ValueError, match="`reset_every`"):
+        CorpusProbe("ab", np.zeros(2), reset_every=0)
     with pytest.raises(ValueError, match="`text`"):
         CorpusProbe("", np.zeros(0))
     with pytest.raises(ValueError, match="`corpus`"):
@@ -133,6 +154,7 @@ def test_monitor_records_the_corpus_at_the_end_and_every_n_steps(tmp_path):
     stored = reader.corpus()
     assert stored.text == TEXT and stored.meta["source"] == "test"
     assert stored.meta["window"] == 16 and stored.meta["dtype"] == "float16"
+    assert stored.meta["reset_every"] is None
     assert reader.corpus_layers() == ["rnn0", "rnn1"]
     assert reader.corpus_kinds("rnn0") == ["h", "c", "i", "f", "z", "o"]
     assert reader.corpus_kinds("rnn1") == ["h"]
