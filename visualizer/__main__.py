@@ -118,6 +118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         window.panels["text"].select_feature(args.feature, best=args.unit is None)
     if args.unit is not None:
         window.panels["text"].select_unit(args.unit)
+    if args.unit is not None or args.feature:
+        window.show_panel("text")
     window.show()
     return app.exec()
 
