@@ -432,10 +432,16 @@ def test_runs_without_a_usable_corpus_probe_say_why(tmp_path, qtbot):
         file.write(framed_record({"type": "corpus_frame", "corpus": "corpus", "kind": "h",
                                   "layer": "lstm", "step": 1, "dtype": "<f4", "shape": [3, 2]},
                                  np.zeros((3, 2), "<f4").tobytes()))
+    with RunWriter(tmp_path / "empty", meta=run_meta(info, 1, T, 1)) as writer:
+        writer.write_frame("h", "lstm", 1, np.zeros((1, T, UNITS), np.float32))
+    with open(tmp_path / "empty" / LOG_FILE_NAME, "ab") as file:  # a text of no characters
+        file.write(framed_record({"type": "corpus", "name": "corpus", "characters": 0,
+                                  "dtype": "|u1", "shape": [0]}))
     expected = {
         "none": "This run has no corpus probe",
         "text_only": "has no recording yet",
         "corrupt": "has frames but no readable text",
+        "empty": "The run's corpus probe could not be read",
     }
     for name, message in expected.items():
         window = open_window(qtbot, tmp_path / name)
@@ -444,6 +450,8 @@ def test_runs_without_a_usable_corpus_probe_say_why(tmp_path, qtbot):
         assert panel.notice.isVisibleTo(panel) and message in panel.notice.text(), name
         if name == "corrupt":
             assert "not UTF-8" in panel.notice.text()
+        if name == "empty":
+            assert "corpus record of 0 characters" in panel.notice.text()
         window.close()
 
 
