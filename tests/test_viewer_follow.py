@@ -318,7 +318,9 @@ def test_log_values_floor_and_grid_shape_by_hand():
     assert prepared.nan.tolist() == [4] and prepared.negative.tolist() == [5]
     assert prepared.posinf.tolist() == [6] and prepared.neginf.tolist() == [7]
     np.testing.assert_array_equal(np.isfinite(prepared.shown), [0, 0, 1, 1, 0, 0, 0, 0])
-    assert LogValues(np.ones(3), 0.1).note() is None
+    assert prepared.zeros_text() == "t 0–1"
+    assert prepared.bad_text() == "1 NaN at t 4, 1 +Inf at t 6, 1 -Inf at t 7, 1 < 0 at t 5"
+    assert LogValues(np.ones(3), 0.1).bad_text() == LogValues(np.ones(3), 0.1).zeros_text() == ""
     # 8 cells of aspect 2 in a 1000 × 600 area: 3 columns (3 rows) give each cell
     # min(333 / 2, 200) = 166 px of height; 2 columns (4 rows) min(250, 150) = 150; 4 columns
     # (2 rows) min(125, 300) = 125.

@@ -235,18 +235,6 @@ class LogValues:
         """Indices of NaN and ±Inf values, sorted."""
         return np.sort(np.concatenate([self.nan, self.posinf, self.neginf]))
 
-    def note(self, what: str = "value") -> str | None:
-        """A sentence on what is not drawn as a point of the line, or None if everything is."""
-        parts = []
-        if self.zeros.size:
-            parts.append(f"{self.zeros.size} {what}s = 0 drawn at the floor "
-                         f"{self.floor:.0e} (▽){_index_range(self.zeros)}")
-        for name, found in (("NaN", self.nan), ("+Inf", self.posinf), ("-Inf", self.neginf),
-                            ("< 0", self.negative)):
-            if found.size:
-                parts.append(f"{found.size} {name}{_index_range(found)} (✕)")
-        return "; ".join(parts) if parts else None
-
 
 def _index_range(indices: np.ndarray, prefix: str = " at ") -> str:
     if not indices.size:
