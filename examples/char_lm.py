@@ -7,8 +7,17 @@ that spend much of their time saturated. This example repeats that on a corpus e
 has: the `.py` files of the running interpreter's standard library (without `test/`,
 `idlelib/` and site-packages), split by file (a hash of the path) into train, validation and
 test. Each cell reads 100 characters per step with stateful layers (truncated BPTT over
-contiguous streams, as in the paper; the states are zeroed every 1000 characters, without
-which the 1997 cell, having no forget gate, drifts), trained with Adam and gradient clipping.
+contiguous streams, as in the paper), trained with Adam and gradient clipping.
+
+State resets, one protocol per kind of cell. Gers, Schmidhuber & Cummins (2000) introduced the
+forget gate because the 1997 LSTM, whose carousel only ever adds, needs its state reset from
+outside on a continual stream: its c grows without bound and the states it meets stop
+resembling a fresh start. So the 1997 LSTM and the CEC have their states zeroed every 1000
+characters (`--reset-every 10` windows), in training, in the test and in the corpus probe
+alike; the forget-gate LSTM (which learns to reset itself) and the vanilla RNN (whose state
+is squashed at every step, so nothing accumulates) run on the unbroken stream, as Karpathy et
+al. did. The test bits per character are printed under both protocols for every cell; the
+comparison between cells uses each cell's own.
 
 Prints, per cell, test bits per character against a count-based interpolated Kneser-Ney
 n-gram on the same split, and samples at temperatures 0.5 and 1.0; then, over a stretch of
@@ -19,7 +28,7 @@ random offset. Writes the classic picture (held-out code coloured by the best un
 in_string, bracket_depth and column) to `--out` and the gate-saturation scatter of the
 paper's Fig. 3 next to it (`*_saturation.png`).
 
-    python examples/char_lm.py                        # all four cells (5-8 min on 2 cores)
+    python examples/char_lm.py                        # all four cells (5-9 min on 2 cores)
     python examples/char_lm.py --cell forget          # one cell
     python examples/char_lm.py --monitor runs/chars   # record each run, corpus probe included
     python examples/char_lm.py --viz                  # ... and watch them live
@@ -41,6 +50,9 @@ import numpy as np
 UNKNOWN = "\ufffd"  # the vocabulary's one symbol for characters not seen in training
 EXCLUDED = ("test", "idlelib")
 FEATURES_SHOWN = ("in_string", "bracket_depth", "column")
+# Windows between state resets by kind of cell (see the module docstring): the cells without a
+# forget gate are reset, those whose state cannot accumulate run on the stream.
+RESET_WINDOWS = {"vanilla": 0, "cec": 10, "original": 10, "forget": 0}
 CELL_NAMES = {"vanilla": "vanilla RNN", "cec": "CEC", "original": "original LSTM (1997)",
               "forget": "forget-gate LSTM"}
 
@@ -206,17 +218,25 @@ def reset_states(model) -> None:
             layer.reset_state()
 
 
-def stream_log2probs(model, ids: np.ndarray, batch: int, window: int) -> np.ndarray:
+def stream_log2probs(model, ids: np.ndarray, batch: int, window: int,
+                     reset_every: int = 0) -> np.ndarray:
     """log2 P(ids[t] | ids[:t]) for the characters the model predicts (NaN elsewhere).
 
     The text is cut into `batch` contiguous streams run side by side from zero states, in
-    windows of `window` characters (the states carry over)."""
+    windows of `window` characters (the states carry over); with `reset_every` > 0 the states
+    are zeroed again before every stream position that is a multiple of it (windows are cut
+    there), as in training with resets."""
     reset_states(model)
     length = len(ids) // batch
+    every = reset_every or length
     streams = ids[: batch * length].reshape(batch, length)
     out = np.full(len(ids), np.nan)
-    for start in range(0, length - 1, window):
-        x = streams[:, start: start + window]
+    start = 0
+    while start < length - 1:
+        if start and start % every == 0:
+            reset_states(model)
+        stop = min(start + window, (start // every + 1) * every)
+        x = streams[:, start: stop]
         y = streams[:, start + 1: start + 1 + window]
         x = x[:, : y.shape[1]]
         valid = x.shape[1]
@@ -228,6 +248,7 @@ def stream_log2probs(model, ids: np.ndarray, batch: int, window: int) -> np.ndar
         picked = np.take_along_axis(logits, y[..., None], axis=-1)[..., 0]
         rows = np.arange(batch)[:, None] * length + start + 1 + np.arange(valid)
         out[rows] = (picked - log_z) / math.log(2)
+        start = stop
     return out
 
 
@@ -406,16 +427,22 @@ def plot_saturation(saturations: dict, path: str):
 # --- the run ------------------------------------------------------------------------------
 
 
+def reset_windows(kind: str, args) -> int:
+    """Windows between state resets for this kind of cell (0: never)."""
+    return RESET_WINDOWS[kind] if args.reset_every is None else args.reset_every
+
+
 def train_cell(kind, args, vocab, data, corpus, first):
     import keras
 
+    every = reset_windows(kind, args)
+
     class ResetStates(keras.callbacks.Callback):
-        """Zero states every `--reset-every` windows: the 1997 cell has no forget gate, so on a
-        never-ending stream its c drifts and the states it meets stop resembling a fresh
-        start (Gers et al. 2000); measured here: 4.08 bits/char without resets, 2.75 with."""
+        """Zero the states every `every` windows (the 1997 cell and the CEC have no forget
+        gate: on a never-ending stream their c drifts, Gers et al. 2000)."""
 
         def on_train_batch_begin(self, batch, logs=None):
-            if args.reset_every and batch % args.reset_every == 0:
+            if every and batch % every == 0:
                 reset_states(self.model)
 
     from keras_rnnx.corpus_probe import CorpusProbe
@@ -427,7 +454,8 @@ def train_cell(kind, args, vocab, data, corpus, first):
                   # rx.RNN trains with its compiled kernels on the CPU, which XLA would bypass
                   jit_compile=False)
     text, ids = corpus
-    probe = CorpusProbe(text, ids, window=500, layers=None,
+    # The probe reads the units under the protocol they were trained with.
+    probe = CorpusProbe(text, ids, window=500, layers=None, reset_every=every * args.seq or None,
                         meta={"source": "Python standard library, held-out validation files",
                               "cell": kind})
     untrained = probe.run(model)
@@ -440,8 +468,9 @@ def train_cell(kind, args, vocab, data, corpus, first):
               callbacks=[ResetStates(), *callbacks])
     seconds = time.perf_counter() - start
     trained = probe.run(model)
-    return model, dict(kind=kind, seconds=seconds, steps=args.epochs * len(x) // args.batch,
-                       trained=trained, untrained=untrained)
+    return model, dict(kind=kind, seconds=seconds, reset=every * args.seq,
+                       steps=args.epochs * len(x) // args.batch, trained=trained,
+                       untrained=untrained)
 
 
 def main(argv=None):
@@ -455,9 +484,12 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=32, help="contiguous streams per batch")
     parser.add_argument("--seq", type=int, default=100, help="truncated BPTT length")
     parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--reset-every", type=int, default=10,
-                        help="zero the states every this many windows in training, for every "
-                             "cell (0: never; default %(default)s, i.e. every 1000 characters)")
+    parser.add_argument("--reset-every", type=int, default=None,
+                        help="zero the states every this many windows (in training, test and "
+                             "corpus probe), for every cell; 0: never. Default: by kind of "
+                             "cell, 10 (1000 characters) for the cells without a forget gate "
+                             "(cec, original), which cannot reset themselves on a continual "
+                             "stream (Gers et al. 2000), never for vanilla and forget")
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--clip", type=float, default=5.0, help="global gradient-norm clip")
     parser.add_argument("--order", type=int, default=5, help="order of the n-gram baseline")
@@ -507,7 +539,12 @@ def main(argv=None):
                                    first=kind == kinds[0])
         evaluator = build_model(kind, args, len(vocab), 64, None)
         evaluator.set_weights(model.get_weights())
-        result["log2p"] = stream_log2probs(evaluator, test_ids, 64, 500)
+        # Both protocols for every cell; result["log2p"] is the cell's own.
+        result["stream"] = stream_log2probs(evaluator, test_ids, 64, 500)
+        result["reset1000"] = stream_log2probs(evaluator, test_ids, 64, 500, 1000)
+        result["log2p"] = (stream_log2probs(evaluator, test_ids, 64, 500, result["reset"])
+                           if result["reset"] not in (0, 1000) else
+                           result["reset1000"] if result["reset"] else result["stream"])
         sampler = build_model(kind, args, len(vocab), 1, None)
         sampler.set_weights(model.get_weights())
         result["samples"] = {t: sample(sampler, vocab, "def ", args.sample_chars, t, rng)
@@ -518,16 +555,34 @@ def main(argv=None):
 
     both = ~np.isnan(ngram)
     for r in results:
-        both &= ~np.isnan(r["log2p"])
+        for key in ("log2p", "stream", "reset1000"):
+            both &= ~np.isnan(r[key])
     ngram_bpc = float(-ngram[both].mean())
     print(f"\nTest bits per character on {int(both.sum()):,} held-out characters "
           f"({args.units} units, {args.layers} layer{'s' * (args.layers > 1)}, "
-          f"{results[0]['steps']} steps):")
-    print(f"{'model':<34}{'bits/char':>10}{'train s':>9}")
-    print(f"{f'{args.order}-gram, interpolated Kneser-Ney':<34}{ngram_bpc:>10.3f}{'-':>9}")
+          f"{results[0]['steps']} steps), each cell under the reset protocol it was trained "
+          f"with, and under both:")
+    print(f"{'model':<34}{'resets':>14}{'bits/char':>10}{'stream':>8}{'reset 1000':>11}"
+          f"{'train s':>9}")
+    print(f"{f'{args.order}-gram, interpolated Kneser-Ney':<34}{'-':>14}{ngram_bpc:>10.3f}"
+          f"{'-':>8}{'-':>11}{'-':>9}")
     for r in results:
         r["bpc"] = float(-r["log2p"][both].mean())
-        print(f"{r['kind']:<34}{r['bpc']:>10.3f}{r['seconds']:>9.1f}")
+        resets = f"every {r['reset']}" if r["reset"] else "none (stream)"
+        print(f"{r['kind']:<34}{resets:>14}{r['bpc']:>10.3f}"
+              f"{float(-r['stream'][both].mean()):>8.3f}"
+              f"{float(-r['reset1000'][both].mean()):>11.3f}{r['seconds']:>9.1f}")
+    bpc = {r["kind"]: r["bpc"] for r in results}
+    if {"vanilla", "original", "forget"} <= set(bpc):
+        below = [k for k in ("original", "forget") if bpc[k] < bpc["vanilla"]]
+        print(f"LSTMs below the vanilla RNN ({bpc['vanilla']:.3f}): "
+              + (", ".join(f"{k} by {bpc['vanilla'] - bpc[k]:.3f}" for k in below) or "none")
+              + "".join(f"; {k} above it by {bpc[k] - bpc['vanilla']:.3f}"
+                        for k in ("original", "forget") if k not in below))
+    if "forget" in bpc:
+        gap = bpc["forget"] - ngram_bpc
+        print(f"forget-gate LSTM {'above' if gap > 0 else 'below'} the {args.order}-gram by "
+              f"{abs(gap):.3f} bits/char")
 
     for r in results:
         print(f"\nSamples of the {r['kind']} model after 'def ':")
@@ -536,9 +591,10 @@ def main(argv=None):
 
     for r in results:
         table = r["table"]
+        resets = f"states zeroed every {r['reset']}" if r["reset"] else "one stream"
         print(f"\nInterpretable units, {r['kind']}: best |r| of any unit's {table['state']} "
-              f"with each feature over {len(corpus_text):,} held-out characters "
-              f"(shifted by {table['shift']:,} characters for the control)")
+              f"with each feature over {len(corpus_text):,} held-out characters ({resets}; "
+              f"shifted by {table['shift']:,} characters for the control)")
         print(f"{'feature':<16}{'trained':>9}{'untrained':>11}{'shifted':>9}{'unit':>6}")
         for name, row in table["rows"].items():
             print(f"{name:<16}{row['trained']:>9.3f}{row['untrained']:>11.3f}"
