@@ -142,9 +142,11 @@ shot live_2_later_run.png
 # Runs join the list as they appear: vanilla, cec, original, forget.
 click "$RUN_X $RUN_ROW_Y0"
 wait_for_title vanilla 10 || true
+sleep 3  # the title changes at once; the panels repaint a moment later on a loaded machine
 shot live_2b_picked_run.png
 click "$FOLLOW_XY"
 wait_for_title forget 10 || true
+sleep 3
 shot live_2c_follow_again.png
 
 wait "$DEMO" || say "the demo exited with status $? (see below)"
