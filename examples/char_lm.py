@@ -237,10 +237,10 @@ def stream_log2probs(model, ids: np.ndarray, batch: int, window: int,
             reset_states(model)
         stop = min(start + window, (start // every + 1) * every)
         x = streams[:, start: stop]
-        y = streams[:, start + 1: start + 1 + window]
+        y = streams[:, start + 1: stop + 1]
         x = x[:, : y.shape[1]]
         valid = x.shape[1]
-        if valid < window:  # one traced shape: pad the last window (later steps come after)
+        if valid < window:  # one traced shape: pad (the steps after come later, or a reset)
             x = np.concatenate([x, np.zeros((batch, window - valid), x.dtype)], axis=1)
         logits = np.asarray(model.predict_on_batch(x), dtype=np.float64)[:, :valid]
         top = logits.max(axis=-1, keepdims=True)
