@@ -541,6 +541,9 @@ def main(argv=None):
 
     ngram = kneser_ney_log2probs(train_ids.astype(np.int64), test_ids.astype(np.int64),
                                  args.order, len(vocab))
+    # Samples start after whole lines of held-out code: a network trained on the unbroken
+    # stream has met zero states only at the start of training, so it is primed first.
+    prime = corpus_text[: corpus_text.rfind("\n", 0, 500) + 1] + "def "
     kinds = list(common.CELL_CHOICES) if args.cell == "all" else [args.cell]
     rng = np.random.default_rng(args.seed)
     results = []
@@ -557,7 +560,7 @@ def main(argv=None):
                            result["reset1000"] if result["reset"] else result["stream"])
         sampler = build_model(kind, args, len(vocab), 1, None)
         sampler.set_weights(model.get_weights())
-        result["samples"] = {t: sample(sampler, vocab, "def ", args.sample_chars, t, rng)
+        result["samples"] = {t: sample(sampler, vocab, prime, args.sample_chars, t, rng)
                              for t in (0.5, 1.0)}
         result["table"] = unit_table(result["trained"], result["untrained"], features, rng)
         results.append(result)
@@ -595,7 +598,8 @@ def main(argv=None):
               f"{abs(gap):.3f} bits/char")
 
     for r in results:
-        print(f"\nSamples of the {r['kind']} model after 'def ':")
+        print(f"\nSamples of the {r['kind']} model after {len(prime) - 4} held-out "
+              f"characters and 'def ':")
         for t, text in r["samples"].items():
             print(f"  T={t}: " + repr(text)[1:-1])
 
