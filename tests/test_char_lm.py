@@ -94,3 +94,31 @@ def test_the_split_is_by_file_and_deterministic():
     assert set(splits) == {"train", "valid", "test"}
     assert 0.7 < splits["train"] / len(paths) < 0.9
     assert [char_lm.split_of(p) for p in paths] == [char_lm.split_of(p) for p in paths]
+
+
+def test_resets_in_the_test_equal_each_segment_run_from_zero_states():
+    import argparse
+
+    args = argparse.Namespace(seed=0, embedding=3, units=4, layers=1)
+    vocab, batch, length, every = 7, 2, 50, 20
+    ids = np.random.default_rng(1).integers(0, vocab, batch * length)
+    model = char_lm.build_model("original", args, vocab, batch, None)
+    got = char_lm.stream_log2probs(model, ids, batch, window=7, reset_every=every)
+    single = char_lm.build_model("original", args, vocab, 1, None)
+    single.set_weights(model.get_weights())
+    expected = np.full(len(ids), np.nan)
+    for b in range(batch):
+        stream = ids[b * length: (b + 1) * length]
+        for a in range(0, length - 1, every):
+            x = stream[a: a + every][: length - 1 - a]  # the last character predicts nothing
+            char_lm.reset_states(single)
+            logits = np.asarray(single.predict_on_batch(x[None]), np.float64)[0]
+            log_p = logits - np.log(np.exp(logits).sum(axis=-1, keepdims=True))
+            target = stream[a + 1: a + 1 + len(x)]
+            expected[b * length + a + 1 + np.arange(len(x))] = (
+                log_p[np.arange(len(x)), target] / math.log(2))
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
+    np.testing.assert_allclose(got, expected, atol=1e-5, equal_nan=True)
+    # ... and the resets matter: without them the later segments differ.
+    stream = char_lm.stream_log2probs(model, ids, batch, window=7)
+    assert np.nanmax(np.abs(stream[every + 1: length] - got[every + 1: length])) > 1e-4

@@ -36,9 +36,12 @@ EXPECTED = {
         r"exact match \d{1,3}\.\d%, per-character \d{1,3}\.\d% on \d+ held-out dates",
     ],
     "char_lm": [
-        r"^5-gram, interpolated Kneser-Ney\s+\d+\.\d{3}\s+-$",
-        *(rf"^{kind}\s+\d+\.\d{{3}}\s+\d+\.\d$" for kind in ("vanilla", "cec", "original",
-                                                                 "forget")),
+        r"^5-gram, interpolated Kneser-Ney\s+-\s+\d+\.\d{3}\s+-\s+-\s+-$",
+        *(rf"^{kind}\s+{resets}\s+\d+\.\d{{3}}\s+\d+\.\d{{3}}\s+\d+\.\d{{3}}\s+\d+\.\d$"
+          for kind, resets in (("vanilla", r"none \(stream\)"), ("cec", "every 200"),
+                               ("original", "every 200"), ("forget", r"none \(stream\)"))),
+        r"^LSTMs below the vanilla RNN \(\d\.\d{3}\): ",
+        r"^forget-gate LSTM (above|below) the 5-gram by \d+\.\d{3} bits/char$",
         *(rf"^{feature}\s+[01]\.\d{{3}}\s+[01]\.\d{{3}}\s+[01]\.\d{{3}}\s+\d+$"
           for feature in ("in_string", "in_comment", "bracket_depth", "column", "indent")),
         r"^  T=0\.5: .+$",
