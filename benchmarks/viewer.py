@@ -11,9 +11,15 @@ Three measurements, each against a baseline measured in the same run:
    and how far the view lags behind the writer.
 3. Resident memory while reading a 10,000-probe run with the viewer's bounded history, against
    a `RunReader` that keeps every frame (each in a fresh process).
+4. The Text panel on a corpus probe of 50,000 characters of Python source × 512 units × 4
+   layers: frames per second while scrolling and while switching units (each frame repainted),
+   against a plain `QPlainTextEdit` scrolling the same text; how long the feature ranking and
+   a span match take in the panel's worker thread, and the longest gap between the window's
+   timer ticks meanwhile; resident memory with the run open.
 
     python benchmarks/viewer.py            # about a minute
     python benchmarks/viewer.py --quick    # smaller, for a smoke test
+    python benchmarks/viewer.py --text     # only the Text panel (4.)
 
 Numbers are printed, never asserted.
 """
@@ -280,9 +286,166 @@ def memory(probes: int) -> dict:
     return results
 
 
+# ---- 4. the text panel --------------------------------------------------------------------------
+
+
+def python_source(characters: int) -> str:
+    """Whole `.py` files of the standard library, in name order, that tokenize together,
+    until there are at least `characters` characters (whole files: a cut could leave a
+    string open, and the feature ranking needs text that tokenizes)."""
+    import sysconfig
+
+    from keras_rnnx.interpret import code_features
+
+    root = Path(sysconfig.get_paths()["stdlib"])
+    text = ""
+    for path in sorted(root.glob("*.py")):
+        try:
+            piece = path.read_text(encoding="utf-8")
+            code_features(text + piece)
+        except (OSError, UnicodeDecodeError, ValueError):
+            continue
+        text += piece
+        if len(text) >= characters:
+            break
+    return text
+
+
+def write_text_run(path: Path, text: str, layers: int, units: int) -> None:
+    from keras_rnnx.runlog import RunWriter
+    from visualizer.synthetic import layer_meta, run_meta
+
+    infos = {f"lstm_{k}": layer_meta("forget", units, 100) for k in range(layers)}
+    rng = np.random.default_rng(0)
+    with RunWriter(path, meta=run_meta(infos, 1, 100, 1)) as writer:
+        writer.write_corpus(text, meta={"source": "benchmark"})
+        for name in infos:
+            writer.write_frame("h", name, 1, np.zeros((1, 100, units), np.float32))
+            h = np.tanh(rng.standard_normal((len(text), units), np.float32))
+            writer.write_corpus_frame("h", name, 1, h.astype(np.float16))
+
+
+def text_panel(characters: int, layers: int, units: int, frames: int, repeats: int) -> dict:
+    from PyQt6 import QtCore, QtWidgets
+
+    from visualizer.main_window import MainWindow, make_application
+
+    app = make_application()
+    text = python_source(characters)
+    with tempfile.TemporaryDirectory() as tmp:
+        run = Path(tmp) / "text"
+        write_text_run(run, text, layers, units)
+        rss_before = rss_mib()
+        window = MainWindow([run], settings=None, follow=False)
+        window.collection.load()
+        window.resize(1600, 1000)
+        window.show()
+        panel = window.panels["text"]
+        panel.setParent(None)  # on its own, at the size of the window (as --screenshot does)
+        panel.resize(1600, 1000)
+        panel.show()
+        started = time.perf_counter()
+        window.tick()  # lays the text out, colours unit 0, submits the feature ranking
+        first_draw = time.perf_counter() - started
+        app.processEvents()
+        # The timer keeps ticking while the worker ranks 512 units by 5 features.
+        gaps: list[float] = []
+        stamps = [time.perf_counter()]
+        window.timer.timeout.connect(lambda: stamps.append(time.perf_counter()))
+        started = time.perf_counter()
+        while not panel.jobs.idle:
+            app.processEvents(QtCore.QEventLoop.ProcessEventsFlag.WaitForMoreEvents, 50)
+        ranking_seconds = time.perf_counter() - started
+        gaps = list(np.diff(stamps) * 1000) or [float("nan")]
+        window.tick()
+        canvas = panel.canvas
+        bar = canvas.verticalScrollBar()
+        states = window.collection.primary.reader.corpus_frame_at(
+            "h", panel.shown["layer"])[1]
+        started = time.perf_counter()
+        panel.select_span(1000, 1006)
+        window.tick()
+        panel.jobs.wait(600)
+        match_seconds = time.perf_counter() - started
+        rss_open = rss_mib()
+
+        def scroll_pass() -> float:
+            start = time.perf_counter()
+            for k in range(frames):
+                bar.setValue((k * 37) % max(bar.maximum(), 1))
+                canvas.viewport().repaint()
+            return frames / (time.perf_counter() - start)
+
+        def unit_pass() -> float:
+            start = time.perf_counter()
+            for k in range(frames):
+                panel.select_unit((k * 97) % units)
+                panel.refresh()
+                canvas.viewport().repaint()
+            return frames / (time.perf_counter() - start)
+
+        plain = QtWidgets.QPlainTextEdit()
+        plain.setReadOnly(True)
+        plain.setFont(canvas.font())
+        plain.setPlainText(text)
+        plain.resize(canvas.viewport().size())
+        plain.show()
+        app.processEvents()
+        plain_bar = plain.verticalScrollBar()
+
+        def plain_pass() -> float:
+            start = time.perf_counter()
+            for k in range(frames):
+                plain_bar.setValue((k * 37) % max(plain_bar.maximum(), 1))
+                plain.viewport().repaint()
+            return frames / (time.perf_counter() - start)
+
+        scroll_pass(), unit_pass(), plain_pass()  # warm-up
+        scroll, unit, baseline = [], [], []
+        for _ in range(repeats):
+            scroll.append(scroll_pass())
+            unit.append(unit_pass())
+            baseline.append(plain_pass())
+        plain.close()
+        window.close()
+        panel.close()
+    return {
+        "characters": len(text), "lines": text.count("\n"), "states_mb": states.nbytes / 2**20,
+        "scroll_fps": statistics.median(scroll), "unit_fps": statistics.median(unit),
+        "plain_fps": statistics.median(baseline), "first_draw_s": first_draw,
+        "ranking_s": ranking_seconds, "tick_gap_max_ms": max(gaps),
+        "tick_gap_median_ms": statistics.median(gaps), "match_s": match_seconds,
+        "rss_before_mib": rss_before, "rss_open_mib": rss_open,
+        "viewport": (canvas.viewport().width(), canvas.viewport().height()),
+    }
+
+
+def print_text_panel(quick: bool) -> None:
+    layers, units = 4, (128 if quick else 512)
+    characters = 10_000 if quick else 50_000
+    result = text_panel(characters, layers, units, frames=20 if quick else 60,
+                        repeats=2 if quick else 5)
+    width, height = result["viewport"]
+    print(f"\n4. Text panel, {result['characters']:,} characters ({result['lines']:,} lines) of "
+          f"Python source x {units} units x {layers} layers (h, float16: "
+          f"{result['states_mb']:.0f} MB a layer); text area {width} x {height} px")
+    print(f"   scrolling (a new page each frame)       {result['scroll_fps']:7.1f} fps")
+    print(f"   switching units (a new unit each frame) {result['unit_fps']:7.1f} fps")
+    print(f"   baseline: QPlainTextEdit scrolling      {result['plain_fps']:7.1f} fps "
+          f"(plain text, no colours)")
+    print(f"   first draw (layout of the text)         {result['first_draw_s'] * 1000:7.0f} ms")
+    print(f"   feature ranking, 5 features x {units} units, in the worker: "
+          f"{result['ranking_s']:.2f} s; timer ticks meanwhile: median "
+          f"{result['tick_gap_median_ms']:.0f} ms, max {result['tick_gap_max_ms']:.0f} ms")
+    print(f"   span match (interpret.match, k=10), in the worker: {result['match_s']:.2f} s")
+    print(f"   resident memory: {result['rss_before_mib']:.0f} MiB before opening the run, "
+          f"{result['rss_open_mib']:.0f} MiB with it open")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke test")
+    parser.add_argument("--text", action="store_true", help="only the Text panel benchmark")
     parser.add_argument("--write", nargs=2, metavar=("RUN_DIR", "SECONDS"),
                         help=argparse.SUPPRESS)
     parser.add_argument("--memory", nargs=3, metavar=("RUN_DIR", "MODE", "PROBES"),
@@ -293,6 +456,13 @@ def main() -> None:
         return
     if args.memory:
         memory_profile(args.memory[0], args.memory[1], int(args.memory[2]))
+        return
+    if args.text:
+        import platform
+
+        print(f"rnnx-viz benchmark on {platform.machine()}, {os.cpu_count()} CPUs, "
+              f"Qt platform {os.environ.get('QT_QPA_PLATFORM')}")
+        print_text_panel(args.quick)
         return
     main_benchmark(args.quick)
 
@@ -340,6 +510,8 @@ def main_benchmark(quick: bool) -> None:
         growth = samples[-1][1] - samples[1][1]
         print(f"   growth from {samples[1][0]} to {samples[-1][0]} probes, {mode:<9}: "
               f"{growth:7.1f} MiB")
+
+    print_text_panel(quick)
 
 
 if __name__ == "__main__":

@@ -44,17 +44,19 @@ def cell(kind: str, units: int, **kwargs):
 
 
 def monitor_callbacks(args: argparse.Namespace, run_name: str, probe_x, probe_y=None,
-                      tokens=None, open_viewer: bool | None = None) -> list:
+                      tokens=None, open_viewer: bool | None = None, **monitor_kwargs) -> list:
     """`[RNNMonitor(...)]` recording into `<--monitor>/<run_name>`, or `[]` without --monitor.
 
     The viewer opens (with --viz) on the whole --monitor directory, so that all the runs of
     one example show side by side; pass `open_viewer=False` for all but the first run.
+    `monitor_kwargs` go to `RNNMonitor` (e.g. `corpus=`, `corpus_every=`).
     """
     if not args.monitor:
         return []
     from keras_rnnx.monitor import RNNMonitor
 
-    monitor = RNNMonitor(os.path.join(args.monitor, run_name), probe_x, probe_y, tokens=tokens)
+    monitor = RNNMonitor(os.path.join(args.monitor, run_name), probe_x, probe_y, tokens=tokens,
+                         **monitor_kwargs)
     if args.viz and open_viewer is not False:
         from visualizer.launch import open_viewer as launch
 

@@ -199,6 +199,12 @@ class RNNMonitor(keras.callbacks.Callback):
         open_viewer: start the desktop viewer on this run in a separate process.
         resume: append to an existing run log instead of refusing it.
         chief_only: under `tf.distribute`, record only on the chief (default True).
+        corpus: a `keras_rnnx.corpus_probe.CorpusProbe`: its text is stored once per run, and
+            the states and gates of the recorded layers over it at the end of training and
+            every `corpus_every` steps (within its `max_mb`). Its time is reported in the
+            `train_end` event (`corpus_seconds`) and is outside the "auto" budget.
+        corpus_every: record the corpus probe every this many steps too (None: only at the
+            end of training).
 
     Use it as a context manager to close the log with status "error" when `fit` raises;
     otherwise it closes on `on_train_end`, when garbage-collected, or at interpreter exit.
@@ -220,6 +226,8 @@ class RNNMonitor(keras.callbacks.Callback):
         open_viewer: bool = False,
         resume: bool = False,
         chief_only: bool = True,
+        corpus=None,
+        corpus_every: int | None = None,
     ):
         super().__init__()
         if every != "auto" and (isinstance(every, bool) or not isinstance(every, int)
@@ -235,6 +243,18 @@ class RNNMonitor(keras.callbacks.Callback):
             )
         if probe_x is None:
             raise ValueError("RNNMonitor needs `probe_x`, a small batch of input sequences.")
+        if corpus is not None and not callable(getattr(corpus, "record", None)):
+            raise ValueError(
+                f"Invalid value for argument `corpus`: expected a "
+                f"keras_rnnx.corpus_probe.CorpusProbe, got {type(corpus).__name__}."
+            )
+        if corpus_every is not None and (isinstance(corpus_every, bool)
+                                         or not isinstance(corpus_every, int)
+                                         or corpus_every < 1):
+            raise ValueError(
+                f"Invalid value for argument `corpus_every`: expected a positive integer or "
+                f"None, got {corpus_every!r}."
+            )
         self.run_dir = Path(run_dir)
         if (self.run_dir / runlog.LOG_FILE_NAME).exists() and not resume:
             raise ValueError(
@@ -253,6 +273,11 @@ class RNNMonitor(keras.callbacks.Callback):
         self.open_viewer = bool(open_viewer)
         self.resume = bool(resume)
         self.chief_only = bool(chief_only)
+        self.corpus = corpus
+        self.corpus_every = corpus_every
+        self.corpus_seconds = 0.0
+        self._corpus_step: int | None = None
+        self._next_corpus = 0
 
         self.probe_count = 0
         self.probe_seconds = 0.0
@@ -364,6 +389,9 @@ class RNNMonitor(keras.callbacks.Callback):
 
         trace = self._probe_now(self.jacobian)
         writer.put("write_meta", self._meta(trace if trace is not None else {}))
+        if self.corpus is not None:
+            self.corpus.write_text(writer.put)
+            self._next_corpus = self._step + (self.corpus_every or 0)
         self._record(self._step, trace)
         self._next_probe = self._step + (self.every if isinstance(self.every, int) else 1)
         if self.open_viewer:
@@ -392,6 +420,7 @@ class RNNMonitor(keras.callbacks.Callback):
             self._record(self._step, self._probe_now(full))
             if isinstance(self.every, int):
                 self._next_probe = self._step + self.every
+        self._corpus_hook(final=False)
         self._account(start)
 
     def on_epoch_end(self, epoch, logs=None):
@@ -404,15 +433,45 @@ class RNNMonitor(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         if self._active:
             _hand_over(self._writer, self._rows)
+            self._corpus_hook(final=True)
             self._writer.put("write_event", "train_end", {
                 "probes": self.probe_count, "probe_seconds": round(self.probe_seconds, 4),
                 "monitor_seconds": round(self._monitor_seconds(), 4),
                 "interval": self.interval, "dropped_frames": self.dropped_frames,
                 "nonfinite_arrays": self.nonfinite_count,
+                **({} if self.corpus is None else {
+                    "corpus_recordings": self.corpus.recordings,
+                    "corpus_seconds": round(self.corpus_seconds, 4)}),
             }, step=self._step)
             self.close("ok")
 
     # --- internals ---------------------------------------------------------------------------
+
+    def _corpus_hook(self, final: bool) -> None:
+        """Records the corpus probe at the end of training and every `corpus_every` steps."""
+        if self.corpus is None or self._corpus_step == self._step:
+            return
+        if not final and (self.corpus_every is None or self._step < self._next_corpus):
+            return
+        start = time.perf_counter()
+        recorded = True
+        try:
+            recorded = self.corpus.record(self.model, self._writer.put, self._step, final=final)
+        except Exception as error:  # noqa: BLE001 - a failed corpus probe must not stop training
+            warnings.warn(f"RNNMonitor: the corpus probe failed ({type(error).__name__}: "
+                          f"{error}); training goes on.", RuntimeWarning, stacklevel=3)
+            self._writer.put("write_event", "corpus_probe_error",
+                             {"error": f"{type(error).__name__}: {error}"}, step=self._step)
+            self.corpus = None
+        seconds = time.perf_counter() - start
+        self.corpus_seconds += seconds
+        # Asked for explicitly, at a fixed cadence: neither training time nor "auto" cost.
+        self._clock += seconds
+        self._traced += seconds
+        if recorded:
+            self._corpus_step = self._step
+        if self.corpus_every is not None:
+            self._next_corpus = self._step + self.corpus_every
 
     def _global_step(self) -> int:
         optimizer = getattr(self.model, "optimizer", None)

@@ -1,7 +1,8 @@
 """The run log: an append-only, checksummed record file that a training run writes and viewers tail.
 
 A run is a directory holding one file, `events.rnnx`. `RunWriter` appends records to it (meta,
-scalars, array frames, events); `RunReader` reads them, also while the writer is still writing,
+scalars, array frames, events, and a corpus probe's text and its (characters, units) frames);
+`RunReader` reads them, also while the writer is still writing,
 and any number of readers may do so at once. The byte layout, the recovery rules and an
 independent 20-line reader are in `docs/runlog.md`.
 
@@ -35,10 +36,12 @@ from typing import Any, BinaryIO, Mapping, NamedTuple, Sequence
 import numpy as np
 
 __all__ = [
+    "Corpus",
     "DTYPES",
     "FORMAT_NAME",
     "FORMAT_VERSION",
     "LOG_FILE_NAME",
+    "MAX_CORPUS_CHARACTERS",
     "MAX_HEADER_BYTES",
     "MAX_RECORD_BYTES",
     "PHASES",
@@ -55,6 +58,8 @@ FORMAT_VERSION = 1
 
 MAX_RECORD_BYTES = 1 << 30
 MAX_HEADER_BYTES = 1 << 20
+# A corpus probe runs tens of thousands of characters; its frames are (characters, units).
+MAX_CORPUS_CHARACTERS = 1 << 20
 # The first record (format name, version, start time) is tiny; a larger one is not ours.
 _MAX_FIRST_RECORD_BYTES = 1 << 16
 
@@ -93,6 +98,18 @@ _WRITE_BUFFER_BYTES = 1 << 20
 
 class RunLogError(Exception):
     """A path that cannot be read (or written) as a run log; the message names it and says why."""
+
+
+class Corpus(NamedTuple):
+    """The text a corpus probe runs, e.g. `Corpus("corpus", "import os\\n...", {...}, 1714.2)`.
+
+    Its frames (`RunReader.corpus_frames`) have one row per character of `text`.
+    """
+
+    name: str
+    text: str
+    meta: dict
+    time: float | None
 
 
 class Event(NamedTuple):
@@ -334,6 +351,7 @@ class RunWriter:
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / LOG_FILE_NAME
         self._file: BinaryIO | None = None
+        self._corpus_characters: dict[str, int] = {}
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             size = self.path.stat().st_size if self.path.exists() else 0
@@ -352,7 +370,7 @@ class RunWriter:
             _encode({"type": "meta", "meta": dict(meta)})  # refuse bad meta before touching disk
         keep = 0
         if size:
-            reader = RunReader(self.run_dir, max_frames=1)
+            reader = RunReader(self.run_dir, max_frames=1, max_corpus_frames=1)
             if reader.format_version not in (None, FORMAT_VERSION):
                 raise RunLogError(
                     f"{self.path}: is run-log format version {reader.format_version}; this "
@@ -451,6 +469,75 @@ class RunWriter:
                     f"an array of shape {array.shape}, got {axes!r}."
                 )
             header["axes"] = axes
+        self._write(header, array)
+
+    def write_corpus(
+        self, text: str, *, name: str = "corpus", meta: Mapping[str, Any] | None = None
+    ) -> None:
+        """Stores the text a corpus probe runs, once per run (a later one of the same name
+        replaces it for readers).
+
+        `text` holds one character per step of the probe's stream (at most
+        `MAX_CORPUS_CHARACTERS`); it is stored as UTF-8. `meta` (a JSON-serializable dict)
+        describes it, e.g. where it comes from and the window length.
+        """
+        if not _is_name(name):
+            raise ValueError(
+                f"Invalid value for argument `name`: expected a non-empty string, got {name!r}."
+            )
+        if not isinstance(text, str) or not text:
+            raise ValueError(
+                f"Invalid value for argument `text`: expected a non-empty str, got "
+                f"{type(text).__name__ if not isinstance(text, str) else 'an empty str'}."
+            )
+        if len(text) > MAX_CORPUS_CHARACTERS:
+            raise ValueError(
+                f"Invalid value for argument `text`: {len(text)} characters, more than the "
+                f"{MAX_CORPUS_CHARACTERS} a run log's corpus allows."
+            )
+        meta = {} if meta is None else meta
+        if not isinstance(meta, Mapping):
+            raise ValueError(f"Invalid value for argument `meta`: expected a dict, got {meta!r}.")
+        try:
+            data = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
+        except UnicodeEncodeError as error:  # lone surrogates
+            raise ValueError(
+                f"Invalid value for argument `text`: not valid Unicode ({error})."
+            ) from None
+        header = {"type": "corpus", "name": name, "characters": len(text), "meta": dict(meta)}
+        self._write(header, data)
+        self._corpus_characters[name] = len(text)
+
+    def write_corpus_frame(
+        self, kind: str, layer: str, step: int, array: np.ndarray, *, corpus: str = "corpus"
+    ) -> None:
+        """Stores one array of a corpus probe, e.g. `write_corpus_frame("c", "lstm", 1200, c)`.
+
+        `array` is (N, U): one row per character of the corpus `corpus`, one column per unit,
+        of a float dtype; `kind` is a state or gate name. When this writer stored the corpus,
+        N must be its length.
+        """
+        for argument, value in (("kind", kind), ("layer", layer), ("corpus", corpus)):
+            if not _is_name(value):
+                raise ValueError(
+                    f"Invalid value for argument `{argument}`: expected a non-empty string, "
+                    f"got {value!r}."
+                )
+        step = _check_step(step)
+        array = _storable(array, f"corpus frame {kind!r} of layer {layer!r}")
+        if array.ndim != 2 or array.dtype.kind != "f":
+            raise ValueError(
+                f"Invalid value for argument `array`: expected a 2-D float array (characters, "
+                f"units), got {array.dtype} of shape {array.shape}."
+            )
+        characters = self._corpus_characters.get(corpus)
+        if characters is not None and array.shape[0] != characters:
+            raise ValueError(
+                f"Invalid value for argument `array`: {array.shape[0]} rows, but corpus "
+                f"{corpus!r} has {characters} characters (one row per character)."
+            )
+        header = {"type": "corpus_frame", "corpus": corpus, "kind": kind, "layer": layer,
+                  "step": step, "axes": ["char", "unit"]}
         self._write(header, array)
 
     def write_event(
@@ -647,6 +734,8 @@ class RunReader:
             `stride`-th frame, `stride` doubling as needed) and the newest frame is always kept.
             `max_frames=1` keeps only the newest frame. None (the default) keeps every frame.
             Scalars and events are always kept in full.
+        max_corpus_frames: the same bound for the frames of a corpus probe, per (corpus,
+            kind, layer); each is (characters, units), so a viewer may want fewer of them.
 
     Raises:
         RunLogError: the directory is missing or unreadable, the file is not a run log, or it
@@ -657,16 +746,22 @@ class RunReader:
     Records with bad checksums or bad content are skipped and described in `problems`.
     """
 
-    def __init__(self, run_dir: str | os.PathLike, *, max_frames: int | None = None) -> None:
-        if max_frames is not None and (
-            isinstance(max_frames, bool)
-            or not isinstance(max_frames, numbers.Integral)
-            or max_frames < 1
-        ):
-            raise ValueError(
-                f"Invalid value for argument `max_frames`: expected a positive integer or None, "
-                f"got {max_frames!r}."
-            )
+    def __init__(
+        self,
+        run_dir: str | os.PathLike,
+        *,
+        max_frames: int | None = None,
+        max_corpus_frames: int | None = None,
+    ) -> None:
+        for argument, value in (("max_frames", max_frames),
+                                ("max_corpus_frames", max_corpus_frames)):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1
+            ):
+                raise ValueError(
+                    f"Invalid value for argument `{argument}`: expected a positive integer or "
+                    f"None, got {value!r}."
+                )
         path = Path(run_dir)
         if path.is_file():
             self.run_dir, self.path = path.parent, path
@@ -678,6 +773,7 @@ class RunReader:
                     + (" (it exists but is not a directory)" if os.path.lexists(path) else "")
                 )
         self.max_frames = None if max_frames is None else int(max_frames)
+        self.max_corpus_frames = None if max_corpus_frames is None else int(max_corpus_frames)
         self._lock = threading.Lock()
         self._refresh_lock = threading.Lock()
         self._offset = 0
@@ -687,6 +783,9 @@ class RunReader:
         self._scalars: dict[tuple[str, str], _ScalarSeries] = {}
         self._frames: dict[str, dict[str, _FrameSeries]] = {}
         self._events: list[Event] = []
+        self._corpora: dict[str, Corpus] = {}
+        # corpus name -> layer -> kind -> frames
+        self._corpus_frames: dict[str, dict[str, dict[str, _FrameSeries]]] = {}
         self._nonfinite: dict[tuple, _NonFiniteCount] = {}
         self._problems: list[str] = []
         self._tail_problem: str | None = None
@@ -919,6 +1018,25 @@ class RunReader:
             if not isinstance(data, dict):
                 raise _BadRecord("event record whose 'data' is not a JSON object")
             return ("event", Event(name, step, wall_time, data))
+        if kind == "corpus":
+            return self._interpret_corpus(header, array, wall_time)
+        if kind == "corpus_frame":
+            corpus, step = header.get("corpus"), header.get("step")
+            frame_kind, layer = header.get("kind"), header.get("layer")
+            if not (_is_name(corpus) and _is_step(step) and _is_name(frame_kind)
+                    and _is_name(layer)):
+                raise _BadRecord(
+                    "corpus_frame record without a valid 'corpus', 'step', 'kind' and 'layer'"
+                )
+            if array is None or array.ndim != 2 or array.dtype.kind != "f":
+                raise _BadRecord("corpus_frame record without a 2-D float array")
+            known = self._corpora.get(corpus)  # only the refreshing thread changes it
+            if known is not None and array.shape[0] != len(known.text):
+                raise _BadRecord(
+                    f"corpus_frame of {array.shape[0]} rows for corpus {corpus!r} of "
+                    f"{len(known.text)} characters"
+                )
+            return ("corpus_frame", corpus, frame_kind, layer, step, array)
         if kind == "end":
             status = header.get("status")
             return ("end", status if isinstance(status, str) else "ok")
@@ -928,6 +1046,31 @@ class RunReader:
                 raise _BadRecord(f"format record of newer version {version} in mid-file")
         # Unknown types come from newer writers of the same version: readers skip them.
         return ("other",)
+
+    def _interpret_corpus(self, header: dict, array: np.ndarray | None,
+                          wall_time: float | None) -> tuple:
+        name, characters, meta = header.get("name"), header.get("characters"), header.get("meta")
+        meta = {} if meta is None else meta
+        if not (_is_name(name) and isinstance(meta, dict) and isinstance(characters, int)
+                and not isinstance(characters, bool)):
+            raise _BadRecord("corpus record without a valid 'name', 'characters' and 'meta'")
+        if not 1 <= characters <= MAX_CORPUS_CHARACTERS:
+            raise _BadRecord(
+                f"corpus record of {characters} characters, outside 1..{MAX_CORPUS_CHARACTERS}"
+            )
+        if array is None or array.dtype != np.uint8 or array.ndim != 1:
+            raise _BadRecord("corpus record whose data is not 1-D UTF-8 bytes ('|u1')")
+        # UTF-8 takes 1 to 4 bytes a character: checked before decoding anything.
+        if not characters <= array.size <= 4 * characters:
+            raise _BadRecord(f"corpus record of {array.size} bytes for {characters} characters")
+        try:
+            text = array.tobytes().decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise _BadRecord(f"corpus record whose text is not UTF-8 ({error})") from None
+        if len(text) != characters:
+            raise _BadRecord(f"corpus record of {len(text)} characters, its header says "
+                             f"{characters}")
+        return ("corpus", Corpus(name, text, meta, wall_time))
 
     def _apply(self, item: tuple) -> None:
         what = item[0]
@@ -958,6 +1101,17 @@ class RunReader:
             self._meta.update(item[1])
         elif what == "event":
             self._events.append(item[1])
+        elif what == "corpus":
+            corpus = item[1]
+            self._corpora[corpus.name] = corpus
+            self._corpus_frames.setdefault(corpus.name, {})
+        elif what == "corpus_frame":
+            _, corpus, kind, layer, step, array = item
+            by_kind = self._corpus_frames.setdefault(corpus, {}).setdefault(layer, {})
+            series = by_kind.get(kind)
+            if series is None:
+                series = by_kind[kind] = _FrameSeries(self.max_corpus_frames)
+            series.append(step, array)
         elif what == "end":
             self._end_status = item[1]
 
@@ -1072,13 +1226,7 @@ class RunReader:
         """The newest kept frame at or before `step` (the newest of all if None), or None."""
         with self._lock:
             items = self._series(kind, layer).items()
-        if step is None:
-            return items[-1] if items else None
-        best = None
-        for item in items:
-            if item[0] <= step and (best is None or item[0] >= best[0]):
-                best = item
-        return best
+        return _newest_at(items, step)
 
     def axes(self, kind: str, layer: str) -> tuple[str, ...] | None:
         """The axis names the writer gave for this kind and layer, if any."""
@@ -1112,6 +1260,78 @@ class RunReader:
             ]
         return sorted(found, key=lambda n: n.first_step)
 
+    # ---- corpus probe --------------------------------------------------------------------
+
+    def corpora(self) -> list[str]:
+        """Names of the corpora that have a text or frames, first-logged first."""
+        with self._lock:
+            return list(dict.fromkeys([*self._corpora, *self._corpus_frames]))
+
+    def corpus(self, name: str = "corpus") -> Corpus:
+        """The text (and meta) of a corpus probe: one character per row of its frames.
+
+        Raises:
+            KeyError: no corpus text of that name was logged.
+        """
+        with self._lock:
+            corpus = self._corpora.get(name)
+            if corpus is None:
+                raise KeyError(
+                    f"no corpus {name!r} in {self.path}; it has {list(self._corpora)}"
+                )
+            return corpus
+
+    def corpus_layers(self, corpus: str = "corpus") -> list[str]:
+        """Layers that have frames of `corpus`, first-logged first."""
+        with self._lock:
+            return list(self._corpus_frames.get(corpus, {}))
+
+    def corpus_kinds(self, layer: str, corpus: str = "corpus") -> list[str]:
+        """Kinds (states and gates) of `corpus` frames logged for `layer`."""
+        with self._lock:
+            return list(self._corpus_frames.get(corpus, {}).get(layer, {}))
+
+    def corpus_frames(self, kind: str, layer: str, corpus: str = "corpus"
+                      ) -> list[tuple[int, np.ndarray]]:
+        """The kept `(step, array)` frames of a corpus probe, oldest first; arrays are
+        (characters, units) and read-only, decimated as `max_corpus_frames` says.
+
+        Raises:
+            KeyError: no such frames were logged.
+        """
+        with self._lock:
+            return self._corpus_series(kind, layer, corpus).items()
+
+    def corpus_frame_count(self, kind: str, layer: str, corpus: str = "corpus") -> int:
+        """How many corpus frames of one kind and layer were read, kept or not."""
+        with self._lock:
+            return self._corpus_series(kind, layer, corpus).seen
+
+    def corpus_frame_at(self, kind: str, layer: str, step: int | None = None,
+                        corpus: str = "corpus") -> tuple[int, np.ndarray] | None:
+        """The newest kept corpus frame at or before `step` (the newest if None), or None."""
+        with self._lock:
+            items = self._corpus_series(kind, layer, corpus).items()
+        return _newest_at(items, step)
+
+    def corpus_steps(self, corpus: str = "corpus") -> np.ndarray:
+        """Sorted distinct steps at which `corpus` frames were kept."""
+        with self._lock:
+            found = [step for by_kind in self._corpus_frames.get(corpus, {}).values()
+                     for series in by_kind.values() for step, _ in series.items()]
+        return np.unique(np.asarray(found, dtype=np.int64))
+
+    def _corpus_series(self, kind: str, layer: str, corpus: str) -> _FrameSeries:
+        series = self._corpus_frames.get(corpus, {}).get(layer, {}).get(kind)
+        if series is None:
+            have = {name: {lay: list(kinds) for lay, kinds in layers.items()}
+                    for name, layers in self._corpus_frames.items()}
+            raise KeyError(
+                f"no {kind!r} corpus frames of layer {layer!r} for corpus {corpus!r} in "
+                f"{self.path}; it has {have}"
+            )
+        return series
+
     def _series(self, kind: str, layer: str) -> _FrameSeries:
         series = self._frames.get(layer, {}).get(kind)
         if series is None:
@@ -1123,6 +1343,17 @@ class RunReader:
 
     def __repr__(self) -> str:
         return f"RunReader({str(self.run_dir)!r}, records={self._records})"
+
+
+def _newest_at(items: list, step: int | None):
+    """The last-read item at or before `step` (the last read of all if None), or None."""
+    if step is None:
+        return items[-1] if items else None
+    best = None
+    for item in items:
+        if item[0] <= step and (best is None or item[0] >= best[0]):
+            best = item
+    return best
 
 
 def _read_at(file: BinaryIO, offset: int, size: int) -> bytes:

@@ -730,3 +730,175 @@ def test_the_example_reader_in_the_docs_reads_what_the_writer_wrote(tmp_path):
     np.testing.assert_array_equal(records[2][1], h)
     assert records[3][1].shape == (0, 2) and records[3][1].dtype == np.int16
     assert records[4][0]["names"] == ["loss"] and records[4][1].tolist() == [0.25]
+
+
+# ---- corpus probe records --------------------------------------------------------------------
+
+CORPUS_TEXT = 'def f(x):\n    return "é€😀" + x  # ünïcode\n'
+
+
+def test_corpus_text_and_frames_round_trip(tmp_path):
+    rng = np.random.default_rng(3)
+    n = len(CORPUS_TEXT)
+    h = rng.uniform(-1, 1, (n, 4)).astype(np.float16)
+    f = rng.uniform(0, 1, (n, 4)).astype(np.float32)
+    with RunWriter(tmp_path) as writer:
+        writer.write_corpus(CORPUS_TEXT, meta={"source": "test", "window": 8})
+        writer.write_corpus("ab", name="other")
+        writer.write_corpus_frame("h", "lstm", 10, h)
+        writer.write_corpus_frame("f", "lstm", 10, f)
+        writer.write_corpus_frame("h", "lstm", 20, -h)
+        writer.write_corpus_frame("h", "rnn", 20, np.zeros((2, 3)), corpus="other")
+        writer.write_frame("h", "lstm", 20, np.zeros((1, 2, 4)))  # a probe frame beside them
+
+    reader = RunReader(tmp_path)
+    corpus = reader.corpus()
+    assert corpus.text == CORPUS_TEXT and corpus.name == "corpus"
+    assert corpus.meta == {"source": "test", "window": 8} and isinstance(corpus.time, float)
+    assert reader.corpora() == ["corpus", "other"] and reader.corpus("other").text == "ab"
+    assert reader.corpus_layers() == ["lstm"] and reader.corpus_layers("other") == ["rnn"]
+    assert reader.corpus_kinds("lstm") == ["h", "f"]
+    frames = reader.corpus_frames("h", "lstm")
+    assert [step for step, _ in frames] == [10, 20]
+    np.testing.assert_array_equal(frames[0][1], h)
+    np.testing.assert_array_equal(frames[1][1], -h)
+    assert frames[0][1].dtype == np.float16 and not frames[0][1].flags.writeable
+    np.testing.assert_array_equal(reader.corpus_frames("f", "lstm")[0][1], f)
+    assert reader.corpus_frame_at("h", "lstm", step=15)[0] == 10
+    assert reader.corpus_frame_at("h", "lstm")[0] == 20
+    assert reader.corpus_frame_at("h", "lstm", step=5) is None
+    assert reader.corpus_steps().tolist() == [10, 20]
+    assert reader.corpus_frame_count("h", "lstm") == 2
+    # corpus frames are not probe frames: the viewer's panels do not see them
+    assert reader.layers() == ["lstm"] and reader.frames("h", "lstm")[0][1].shape == (1, 2, 4)
+    with pytest.raises(KeyError, match="'c' corpus frames"):
+        reader.corpus_frames("c", "lstm")
+    with pytest.raises(KeyError, match="no corpus 'missing'"):
+        reader.corpus("missing")
+
+
+def test_corpus_records_follow_the_documented_layout(tmp_path):
+    text = "x = (1)\n"
+    rows = np.arange(len(text) * 2, dtype="<f2").reshape(len(text), 2)
+    data = (
+        magic()
+        + record({"type": "corpus", "name": "corpus", "characters": len(text),
+                  "meta": {"window": 4}, "time": 2.0, "dtype": "|u1",
+                  "shape": [len(text.encode())]}, text.encode())
+        + record({"type": "corpus_frame", "corpus": "corpus", "kind": "c", "layer": "lstm",
+                  "step": 7, "axes": ["char", "unit"], "time": 3.0, "dtype": "<f2",
+                  "shape": [len(text), 2]}, rows.tobytes())
+    )
+    write_log(tmp_path / "hand", data)
+    reader = RunReader(tmp_path / "hand")
+    assert reader.problems == [] and reader.corpus().text == text
+    np.testing.assert_array_equal(reader.corpus_frames("c", "lstm")[0][1], rows)
+    with RunWriter(tmp_path / "written") as writer:
+        writer.write_corpus(text, meta={"window": 4})
+        writer.write_corpus_frame("c", "lstm", 7, rows)
+    written = (tmp_path / "written" / LOG_FILE_NAME).read_bytes()
+    starts = boundaries(written)
+    for k in (1, 2):  # the same headers (time aside) and data as the hand-made records
+        ours = written[starts[k] + 12: starts[k + 1] - 4]
+        theirs = data[boundaries(data)[k] + 12: boundaries(data)[k + 1] - 4]
+        (hl,) = struct.unpack_from("<I", ours)
+        (hl2,) = struct.unpack_from("<I", theirs)
+        a, b = json.loads(ours[4:4 + hl]), json.loads(theirs[4:4 + hl2])
+        a.pop("time"), b.pop("time")
+        assert a == b and ours[4 + hl:] == theirs[4 + hl2:]
+
+
+def test_corpus_torn_tail_is_ignored_then_read_once_complete_byte_by_byte(tmp_path):
+    source = tmp_path / "source"
+    n = len(CORPUS_TEXT)
+    with RunWriter(source) as writer:
+        writer.write_corpus(CORPUS_TEXT)
+        for step in range(2):
+            writer.write_corpus_frame("h", "lstm", step, np.full((n, 2), step, np.float16))
+    data = (source / LOG_FILE_NAME).read_bytes()
+    ends = boundaries(data)[1:]
+    path = write_log(tmp_path / "copy", b"")
+    reader = RunReader(tmp_path / "copy")
+    for size in range(1, len(data) + 1):
+        append(path, data[size - 1: size])
+        reader.refresh()
+        complete = sum(1 for end in ends[1:] if end <= size)
+        assert reader.record_count == complete and reader.problems == []
+        if complete >= 1:
+            assert reader.corpus().text == CORPUS_TEXT
+        else:
+            assert reader.corpora() == []
+        if complete >= 2:
+            assert len(reader.corpus_frames("h", "lstm")) == min(complete - 1, 2)
+    assert [s for s, _ in reader.corpus_frames("h", "lstm")] == [0, 1] and reader.finished
+
+
+def test_writer_bounds_corpus_sizes_before_writing(tmp_path, monkeypatch):
+    monkeypatch.setattr(runlog, "MAX_CORPUS_CHARACTERS", 10)
+    with RunWriter(tmp_path) as writer:
+        with pytest.raises(ValueError, match="11 characters, more than the 10"):
+            writer.write_corpus("x" * 11)
+        writer.write_corpus("x" * 10)
+        with pytest.raises(ValueError, match="9 rows, but corpus 'corpus' has 10 characters"):
+            writer.write_corpus_frame("h", "l", 0, np.zeros((9, 2), np.float16))
+        with pytest.raises(ValueError, match="2-D float array"):
+            writer.write_corpus_frame("h", "l", 0, np.zeros((10, 2), np.int8))
+        with pytest.raises(ValueError, match="`corpus`"):
+            writer.write_corpus_frame("h", "l", 0, np.zeros((10, 2)), corpus="")
+        with pytest.raises(ValueError, match="`text`"):
+            writer.write_corpus("")
+        monkeypatch.setattr(runlog, "MAX_RECORD_BYTES", 1000)
+        with pytest.raises(ValueError, match="at most 1000 bytes"):
+            writer.write_corpus_frame("h", "l", 0, np.zeros((10, 100), np.float16))
+        writer.write_corpus_frame("h", "l", 1, np.zeros((10, 2), np.float16))
+    reader = RunReader(tmp_path)
+    assert reader.problems == [] and reader.corpus_frame_count("h", "l") == 1
+
+
+def corpus_record(characters, data: bytes, **extra) -> bytes:
+    header = {"type": "corpus", "name": "corpus", "characters": characters, "time": 1.0,
+              "dtype": "|u1", "shape": [len(data)], **extra}
+    return record(header, data)
+
+
+@pytest.mark.parametrize(
+    "bad, reason",
+    [
+        (lambda: corpus_record((1 << 20) + 1, b"x" * 8), "outside 1..1048576"),
+        (lambda: corpus_record(0, b""), "outside 1..1048576"),
+        (lambda: corpus_record(2, b"x" * 9), "9 bytes for 2 characters"),
+        (lambda: corpus_record(3, b"\xff\xfe\xfd"), "not UTF-8"),
+        (lambda: corpus_record(3, "éa".encode()), "2 characters, its header says 3"),
+        (lambda: corpus_record("3", b"abc"), "'characters'"),
+        (lambda: record({"type": "corpus", "name": "corpus", "characters": 2, "dtype": "<u2",
+                         "shape": [1]}, b"ab"), "UTF-8 bytes"),
+        (lambda: record({"type": "corpus_frame", "corpus": "corpus", "kind": "h", "layer": "l",
+                         "step": 1, "dtype": "<f4", "shape": [3]}, bytes(12)), "2-D float"),
+        (lambda: record({"type": "corpus_frame", "corpus": "corpus", "kind": "h", "layer": "l",
+                         "step": 1, "dtype": "<f4", "shape": [2, 1]}, bytes(8)),
+         "2 rows for corpus 'corpus' of 3 characters"),
+        (lambda: record({"type": "corpus_frame", "kind": "h", "layer": "l", "step": 1,
+                         "dtype": "<f4", "shape": [3, 1]}, bytes(12)), "'corpus'"),
+    ],
+)
+def test_bad_corpus_records_are_skipped_and_reported(tmp_path, bad, reason):
+    good = corpus_record(3, b"abc")
+    data = magic() + good + bad() + frame_record(1, 1.0)
+    write_log(tmp_path, data)
+    reader = RunReader(tmp_path)
+    assert len(reader.problems) == 1 and reason in reader.problems[0], reader.problems
+    assert reader.corpus().text == "abc" and frame_steps_and_values(reader) == ([1], [1.0])
+
+
+def test_corpus_frame_cap_decimates_and_keeps_the_newest(tmp_path):
+    with RunWriter(tmp_path) as writer:
+        writer.write_corpus("ab")
+        for step in range(9):
+            writer.write_corpus_frame("h", "l", step, np.full((2, 1), step, np.float32))
+            writer.write_frame("h", "l", step, np.zeros(1))
+    reader = RunReader(tmp_path, max_corpus_frames=3)
+    kept = [s for s, _ in reader.corpus_frames("h", "l")]
+    assert len(kept) <= 3 and kept[0] == 0 and kept[-1] == 8
+    assert reader.corpus_frame_count("h", "l") == 9 and len(reader.frames("h", "l")) == 9
+    with pytest.raises(ValueError, match="`max_corpus_frames`"):
+        RunReader(tmp_path, max_corpus_frames=0)

@@ -64,6 +64,7 @@ def _frames_ops():
     h2 = h1 * 2
     h2[1, 2, 3] = np.nan
     z = np.array([1 + 2j, np.inf], dtype="<c8")
+    corpus = np.arange(12, dtype="<f2").reshape(6, 2)
     return [
         ("meta", {"model": "adding", "layers": [{"name": "lstm", "units": 4}]}),
         ("scalars", 1, {"loss": 0.75, "acc": 0.5}, "batch"),
@@ -81,7 +82,11 @@ def _frames_ops():
         ("scalars", 2, {"loss": math.inf}, "batch"),
         ("meta", {"tokens": ["a", "b"], "model": "adding-2"}),
         ("event", "note", {}, None),
+        ("corpus", "corpus", "f(é)\n#", {"window": 2}),
+        ("corpus_frame", "h", "lstm", 2, corpus, "corpus"),
+        ("corpus_frame", "f", "lstm", 2, 1 - corpus, "corpus"),
         ("frame", "h", "lstm", 3, h1 - 1, ("batch", "time", "unit")),
+        ("corpus_frame", "h", "lstm", 3, corpus.astype("<f4") * np.nan, "corpus"),
         ("scalars", 1, {"loss": 0.6, "val_loss": 0.65}, "epoch"),
         ("end", "ok"),
     ]
@@ -110,6 +115,11 @@ def write_ops(run_dir: Path, ops) -> bytes:
             writer.write_frame(kind, layer, step, array, axes=axes)
         elif op[0] == "event":
             writer.write_event(op[1], op[2], step=op[3])
+        elif op[0] == "corpus":
+            writer.write_corpus(op[2], name=op[1], meta=op[3])
+        elif op[0] == "corpus_frame":
+            _, kind, layer, step, array, corpus = op
+            writer.write_corpus_frame(kind, layer, step, array, corpus=corpus)
         elif op[0] == "end":
             writer.close(op[1])
     if not writer.closed:
@@ -153,10 +163,11 @@ def expected_state(ops, complete: int) -> dict:
     if complete == 0:
         return {
             "meta": {}, "scalars": {}, "frames": {}, "axes": {}, "events": [],
-            "end": None, "records": 0, "nonfinite": set(),
+            "end": None, "records": 0, "nonfinite": set(), "corpora": {}, "corpus_frames": {},
         }  # fmt: skip
     meta, scalars, frames, axes, events, end = {"format_version": 1}, {}, {}, {}, [], None
     nonfinite: dict = {}
+    corpora, corpus_frames = {}, {}
 
     def note(key, step, nan, inf):
         first, count, was_nan, was_inf = nonfinite.get(key, (step, 0, False, False))
@@ -192,6 +203,13 @@ def expected_state(ops, complete: int) -> dict:
                 )
         elif op[0] == "event":
             events.append((op[1], op[3], op[2]))
+        elif op[0] == "corpus":
+            corpora[op[1]] = (op[2], op[3])
+        elif op[0] == "corpus_frame":
+            _, kind, layer, step, array, corpus = op
+            corpus_frames.setdefault((corpus, layer, kind), []).append(
+                (step, array.dtype.str, array.shape, array.tobytes())
+            )
         elif op[0] == "end":
             end = op[1]
     return {
@@ -209,6 +227,8 @@ def expected_state(ops, complete: int) -> dict:
             NonFinite(record, name, layer, phase, first, count, nan, inf)
             for (record, name, layer, phase), (first, count, nan, inf) in nonfinite.items()
         },
+        "corpora": corpora,
+        "corpus_frames": corpus_frames,
     }
 
 
@@ -250,6 +270,20 @@ def state(reader: RunReader) -> dict:
         "end": reader.end_status,
         "records": reader.record_count,
         "nonfinite": set(reader.nonfinite()),
+        "corpora": {
+            name: (reader.corpus(name).text, reader.corpus(name).meta)
+            for name in reader.corpora()
+            if name in reader._corpora  # a corpus with frames but no (intact) text record
+        },
+        "corpus_frames": {
+            (name, layer, kind): [
+                (step, array.dtype.str, array.shape, array.tobytes())
+                for step, array in reader.corpus_frames(kind, layer, name)
+            ]
+            for name in reader.corpora()
+            for layer in reader.corpus_layers(name)
+            for kind in reader.corpus_kinds(layer, name)
+        },
     }
 
 
@@ -335,6 +369,31 @@ def check_well_formed(reader: RunReader, size: int) -> None:
     assert steps.dtype == np.int64 and steps.ndim == 1
     assert (np.diff(steps) > 0).all()
 
+    for name in reader.corpora():
+        assert isinstance(name, str) and name
+        try:
+            corpus = reader.corpus(name)
+        except KeyError:
+            corpus = None  # frames whose text record was lost
+        if corpus is not None:
+            assert corpus.name == name and isinstance(corpus.text, str)
+            assert 1 <= len(corpus.text) <= runlog.MAX_CORPUS_CHARACTERS
+            assert isinstance(corpus.meta, dict) and _is_time(corpus.time)
+        for layer in reader.corpus_layers(name):
+            assert isinstance(layer, str) and layer
+            for kind in reader.corpus_kinds(layer, name):
+                frames = reader.corpus_frames(kind, layer, name)
+                assert frames and len(frames) <= reader.corpus_frame_count(kind, layer, name)
+                if reader.max_corpus_frames is not None:
+                    assert len(frames) <= reader.max_corpus_frames
+                for step, array in frames:
+                    assert _is_step(step) and array.ndim == 2 and array.dtype.kind == "f"
+                    assert not array.flags.writeable
+                newest = reader.corpus_frame_at(kind, layer, corpus=name)
+                assert newest is not None and newest[1] is frames[-1][1]
+        steps = reader.corpus_steps(name)
+        assert steps.dtype == np.int64 and (np.diff(steps) > 0).all()
+
     for event in reader.events():
         assert isinstance(event, Event)
         assert isinstance(event.name, str) and event.name
@@ -376,7 +435,7 @@ def read_whole(run_dir: Path, data: bytes, max_frames=None):
     path.write_bytes(data)
     try:
         with reads_stay_within_the_file(path):
-            reader = RunReader(run_dir, max_frames=max_frames)
+            reader = RunReader(run_dir, max_frames=max_frames, max_corpus_frames=max_frames)
             reader.refresh()
             check_well_formed(reader, len(data))
             assert reader.refresh() == 0  # nothing new: nothing read twice
@@ -393,7 +452,7 @@ def read_in_chunks(run_dir: Path, data: bytes, cuts, max_frames=None, on_refresh
     path.write_bytes(b"")
     try:
         with reads_stay_within_the_file(path):
-            reader = RunReader(run_dir, max_frames=max_frames)
+            reader = RunReader(run_dir, max_frames=max_frames, max_corpus_frames=max_frames)
             check_well_formed(reader, 0)
             done, sizes = 0, iter(cuts)
             while done < len(data):
@@ -604,6 +663,15 @@ TEMPLATES = {
     "end": ({"type": "end", "status": "ok"}, None),
     "magic": ({"type": "magic", "format": "keras-rnnx-runlog", "version": 1}, None),
     "other": ({"type": "histogram", "bins": [1, 2]}, None),
+    "corpus": (
+        {"type": "corpus", "name": "corpus", "characters": 3, "meta": {"window": 2}},
+        np.frombuffer("a(é".encode(), "|u1"),
+    ),
+    "corpus_frame": (
+        {"type": "corpus_frame", "corpus": "c", "kind": "h", "layer": "lstm", "step": 3,
+         "axes": ["char", "unit"]},
+        np.arange(6, dtype="<f4").reshape(3, 2),
+    ),
 }
 
 

@@ -333,7 +333,7 @@ def test_export_png_and_csv_of_the_current_panel(viewer, runs, tmp_path):
     assert float(rows[1 + 7][7]) == pytest.approx(float(h[0, t, unit]), rel=1e-6)
     for name, panel in window.panels.items():
         header, body = panel.table()
-        assert header and body, name
+        assert header and (body or name == "text"), name  # these runs have no corpus probe
         assert panel.export_png(tmp_path / f"{name}.png").stat().st_size > 1000
 
 

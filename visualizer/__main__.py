@@ -4,6 +4,7 @@
     rnnx-viz runs/                             # a directory of runs
     rnnx-viz runs/lstm --compare runs/vanilla  # two runs side by side
     rnnx-viz runs/lstm --screenshot out.png --panel gradient_flow   # render headless, exit
+    rnnx-viz runs/chars --screenshot text.png --panel text --unit 7  # the text by one unit
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from typing import Sequence
 from visualizer.model import DEFAULT_HISTORY
 
 PANEL_NAMES = (
-    "training_curves", "state_heatmap", "gradient_flow", "jacobian", "weight_grads", "overview"
+    "training_curves", "state_heatmap", "gradient_flow", "jacobian", "weight_grads", "overview",
+    "text",
 )
 
 
@@ -48,7 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--layer", help="the layer to show first")
     parser.add_argument("--sample", type=int, default=0, help="the probe sample to show")
     parser.add_argument("--step", type=int, help="with --screenshot, the training step to show")
-    parser.add_argument("--kind", help="the heatmap quantity: h, c, a gate name, grad_h")
+    parser.add_argument("--kind", help="the heatmap quantity: h, c, a gate name, grad_h (with "
+                        "--panel text: the quantity colouring the text)")
+    parser.add_argument("--unit", type=int, help="the unit colouring the text panel")
+    parser.add_argument("--feature", help="the code feature whose units the text panel lists "
+                        "(in_string, in_comment, bracket_depth, column, indent); without "
+                        "--unit, the text is coloured by its best unit")
     parser.add_argument("--all-layers", action="store_true", help="a heatmap row per layer")
     parser.add_argument("--log-y", action="store_true", help="log-scale training curves")
     parser.add_argument("--history", type=int, default=DEFAULT_HISTORY,
@@ -65,6 +72,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if name not in PANEL_NAMES:
             build_parser().error(f"--panel: unknown panel {args.panel!r}; expected one of "
                                  f"{', '.join(PANEL_NAMES)}")
+    if args.feature is not None:
+        from keras_rnnx.interpret import FEATURES
+
+        if args.feature not in FEATURES:
+            build_parser().error(f"--feature: unknown feature {args.feature!r}; expected one "
+                                 f"of {', '.join(FEATURES)}")
     if args.history < 2:
         build_parser().error("--history must be at least 2")
     if args.screenshot:
@@ -80,6 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             [args.path], args.screenshot, panel=args.panel, compare=args.compare,
             size=args.size, layer=args.layer, sample=args.sample, step=args.step,
             kind=args.kind, all_layers=args.all_layers, log_y=args.log_y, history=args.history,
+            unit=args.unit, feature=args.feature,
         )
         for severity, text in messages:
             print(f"rnnx-viz: {severity}: {text}", file=sys.stderr)
@@ -100,6 +114,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         window.panels["state_heatmap"].all_layers.setChecked(True)
     if args.log_y:
         window.panels["training_curves"].log_scale.setChecked(True)
+    if args.feature:
+        window.panels["text"].select_feature(args.feature, best=args.unit is None)
+    if args.unit is not None:
+        window.panels["text"].select_unit(args.unit)
+    if args.unit is not None or args.feature:
+        window.show_panel("text")
     window.show()
     return app.exec()
 

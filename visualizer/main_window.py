@@ -26,6 +26,7 @@ from visualizer.model import (
 )
 from visualizer.panels import PANELS, Panel
 from visualizer.panels.base import RUN_COLORS, run_color
+from visualizer.panels.text import follow_heatmap
 
 __all__ = ["MainWindow", "SETTINGS_APPLICATION", "SETTINGS_ORGANIZATION", "make_application"]
 
@@ -52,7 +53,7 @@ SHORTCUTS = (
     ("Page Up / Page Down", "previous / next layer"),
     ("[ / ]", "previous / next probe sample"),
     ("Ctrl+L", "log scale of the training curves"),
-    ("Alt+1 … Alt+6", "show a panel"),
+    ("Alt+1 … Alt+7", "show a panel"),
     ("Ctrl+Q", "quit"),
 )
 
@@ -99,6 +100,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.collection = self._make_collection(paths, compare)
 
         self.panels: dict[str, Panel] = {name: cls(self.collection) for name, cls in PANELS.items()}
+        follow_heatmap(self.panels["state_heatmap"], self.panels["text"])
         self.dock_area = QtWidgets.QMainWindow()
         self.dock_area.setWindowFlags(QtCore.Qt.WindowType.Widget)
         self.dock_area.setDockNestingEnabled(True)
@@ -236,7 +238,7 @@ class MainWindow(QtWidgets.QMainWindow):
         area.addDockWidget(right, self.docks["gradient_flow"])
         area.splitDockWidget(self.docks["state_heatmap"], self.docks["training_curves"], vertical)
         area.splitDockWidget(self.docks["gradient_flow"], self.docks["jacobian"], vertical)
-        for name in ("weight_grads", "overview"):
+        for name in ("weight_grads", "overview", "text"):
             area.tabifyDockWidget(self.docks["jacobian"], self.docks[name])
         self.docks["jacobian"].raise_()
         area.resizeDocks([self.docks["runs"]], [200], horizontal)

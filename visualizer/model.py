@@ -10,7 +10,9 @@ redraw.
 Memory stays bounded on long runs: a run is first read with `max_frames=1` (newest frame of each
 series only), which tells how many bytes one probe step takes; it is then reopened with as many
 kept frames per series as fit `memory_budget`, at most `history`. The reader thins older frames
-evenly (see `docs/runlog.md`, "Memory"), so scrubbing still reaches the whole run.
+evenly (see `docs/runlog.md`, "Memory"), so scrubbing still reaches the whole run. The recordings
+of a corpus probe (tens of thousands of characters × units each) are bounded the same way, by
+half the budget, once the first one tells their size.
 """
 
 from __future__ import annotations
@@ -286,6 +288,7 @@ class RunModel:
         self.error: str | None = None
         self.deleted = False
         self.max_frames: int | None = None
+        self.max_corpus_frames: int | None = None
         self.stale_seconds = float(stale_seconds)
         self._reader: RunReader | None = None
         self._lock = threading.Lock()
@@ -313,16 +316,32 @@ class RunModel:
 
     def _poll(self, max_records: int | None) -> int:
         if self._reader is None:
-            self._reader = RunReader(self.path, max_frames=1)
+            self._reader = RunReader(self.path, max_frames=1, max_corpus_frames=1)
             self.version += 1
             return max(self._reader.record_count, 1)
         if self.max_frames is None:
             cap = self._history_cap(self._reader)
             if cap is not None:
-                reader = RunReader(self.path, max_frames=cap)
+                corpus_cap = self.max_corpus_frames or _corpus_cap(
+                    self._reader, self.history, self.memory_budget)
+                reader = RunReader(self.path, max_frames=cap,
+                                   max_corpus_frames=corpus_cap or 1)
                 self._reader, self.max_frames = reader, cap
+                self.max_corpus_frames = corpus_cap
                 self.version += 1
                 return max(reader.record_count, 1)
+        if self.max_corpus_frames is None:
+            # Until a corpus frame tells how large a recording is, only the newest is kept;
+            # then the run is read again with as many as fit (once).
+            corpus_cap = _corpus_cap(self._reader, self.history, self.memory_budget)
+            if corpus_cap is not None:
+                self.max_corpus_frames = corpus_cap
+                if corpus_cap > 1:
+                    reader = RunReader(self.path, max_frames=self.max_frames or 1,
+                                       max_corpus_frames=corpus_cap)
+                    self._reader = reader
+                    self.version += 1
+                    return max(reader.record_count, 1)
         count = self._reader.refresh(max_records)
         if count:
             self.version += 1
@@ -493,9 +512,12 @@ class RunModel:
         return [str(t) for t in row] if isinstance(row, list) else None
 
     def steps(self) -> np.ndarray:
-        """Training steps that have frames (kept ones), sorted."""
+        """Training steps that have frames (kept ones, corpus-probe frames too), sorted."""
         reader = self._reader
-        return reader.steps() if reader is not None else np.empty(0, np.int64)
+        if reader is None:
+            return np.empty(0, np.int64)
+        corpus = [reader.corpus_steps(name) for name in reader.corpora()]
+        return np.unique(np.concatenate([reader.steps(), *corpus])) if corpus else reader.steps()
 
     def frame(
         self, kind: str, layer: str, step: int | None = None
@@ -618,6 +640,21 @@ def _mtime(path: Path) -> float | None:
         return (path / LOG_FILE_NAME if path.is_dir() else path).stat().st_mtime
     except OSError:
         return None
+
+
+def _corpus_cap(reader: RunReader, history: int, budget: int) -> int | None:
+    """Corpus-probe recordings to keep per series so that they fit half of `budget` (the
+    other half is the probe frames'), or None while no corpus frame has been read."""
+    per_step = 0
+    for corpus in reader.corpora():
+        for layer in reader.corpus_layers(corpus):
+            for kind in reader.corpus_kinds(layer, corpus):
+                newest = reader.corpus_frame_at(kind, layer, corpus=corpus)
+                if newest is not None:
+                    per_step += newest[1].nbytes
+    if per_step == 0:
+        return None
+    return int(min(history, max(1, (budget // 2) // per_step)))
 
 
 def _meta_step_bytes(meta: dict[str, Any]) -> int:

@@ -39,11 +39,16 @@ def save_screenshot(
     all_layers: bool = False,
     log_y: bool = False,
     history: int = DEFAULT_HISTORY,
+    unit: int | None = None,
+    feature: str | None = None,
 ) -> tuple[Path, list[tuple[str, str]]]:
     """Reads the runs completely, renders the window (or `panel`) and saves it as PNG.
 
     A QApplication must exist (create it with the `offscreen` platform to run headless).
-    Returns the path written and the window's messages (errors and warnings about the runs).
+    `unit` colours the text panel (and `kind`, with `panel="text"`, is its quantity);
+    `feature` is the code feature it ranks units by (without `unit`, its best unit colours the
+    text); the ranking is awaited. Returns the path written and the window's messages (errors and
+    warnings about the runs).
     """
     app = QtWidgets.QApplication.instance()
     if app is None:
@@ -62,6 +67,13 @@ def save_screenshot(
         if kind is not None:
             heatmap.set_kind(kind)
         window.panels["training_curves"].log_scale.setChecked(log_y)
+        text = window.panels["text"]
+        if feature is not None:
+            text.select_feature(feature, best=unit is None)
+        if unit is not None:
+            text.select_unit(unit)
+        if kind is not None and panel is not None and panel_name(panel) == "text":
+            text.select_kind(kind)
         window.tick(force=True)
         if kind is not None:
             heatmap.set_kind(kind)
@@ -77,6 +89,7 @@ def save_screenshot(
             window.tick(force=True)
             if panel is not None:
                 target.refresh(force=True)
+            text.jobs.wait()
         app.processEvents()
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)

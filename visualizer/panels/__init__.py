@@ -7,6 +7,7 @@ from visualizer.panels.gradient_flow import GradientFlowPanel
 from visualizer.panels.jacobian import JacobianPanel
 from visualizer.panels.overview import OverviewPanel
 from visualizer.panels.state_heatmap import StateHeatmapPanel
+from visualizer.panels.text import TextPanel
 from visualizer.panels.training_curves import TrainingCurvesPanel
 from visualizer.panels.weight_grads import WeightGradsPanel
 
@@ -21,5 +22,6 @@ PANELS: dict[str, type[Panel]] = {
         JacobianPanel,
         WeightGradsPanel,
         OverviewPanel,
+        TextPanel,
     )
 }
