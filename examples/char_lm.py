@@ -30,7 +30,7 @@ feature shifted by a random offset. Writes the classic picture (held-out code co
 best unit for in_string, bracket_depth and column) to `--out` and the gate-saturation scatter
 of the paper's Fig. 3 next to it (`*_saturation.png`).
 
-    python examples/char_lm.py                        # all four cells (4-7 min on 2 cores)
+    python examples/char_lm.py                        # all four cells (4-8 min on 2 cores)
     python examples/char_lm.py --cell forget          # one cell
     python examples/char_lm.py --monitor runs/chars   # record each run, corpus probe included
     python examples/char_lm.py --viz                  # ... and watch them live
