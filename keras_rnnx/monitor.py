@@ -586,12 +586,9 @@ class RNNMonitor(keras.callbacks.Callback):
         }
 
     def _launch_viewer(self) -> None:
-        try:
-            from visualizer.launch import open_viewer
-        except ImportError as error:
-            warnings.warn(f"RNNMonitor: viewer not started ({error}); install keras-rnnx[viz].",
-                          RuntimeWarning, stacklevel=3)
-            return
+        # A separate process (`python -m visualizer`): nothing of the viewer is imported here.
+        from keras_rnnx.viewer_process import open_viewer
+
         self.viewer_process = open_viewer(self.run_dir)
 
 
