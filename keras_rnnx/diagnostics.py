@@ -409,9 +409,13 @@ def _run_layer(target: _Target, recorder: _Recorder, sequences, initial_state, m
     gate_init = tuple(
         tf.zeros(tf.stack([batch, r.units]), dtype=dtype) for r in readers for _ in r.gate_names
     )
-    elems = (xs, es) if ms is None else (xs, es, ms)
-    states_tm, outs_tm, gates_tm = tf.scan(step, elems, initializer=(tuple(flat_init), zeros,
-                                                                      gate_init))
+    native = _native_probe_kind(target, mask, dtype)
+    if native is not None:
+        states_tm, outs_tm, gates_tm = _native_scan(*native, xs, es[0], flat_init)
+    else:
+        elems = (xs, es) if ms is None else (xs, es, ms)
+        states_tm, outs_tm, gates_tm = tf.scan(step, elems, initializer=(tuple(flat_init),
+                                                                          zeros, gate_init))
 
     def input_order(t_major):
         return processing(_time_major(t_major))
@@ -440,6 +444,81 @@ def _run_layer(target: _Target, recorder: _Recorder, sequences, initial_state, m
         final = [tf.cast(s[-1], layer.compute_dtype) for s in states_tm]
         return (output, *tf.nest.pack_sequence_as(init_structure, final))
     return output
+
+
+def _native_probe_kind(target: _Target, mask, dtype):
+    """(op module, kernel name, reader) where the probe can run a layer's forward pass and
+    its backward pass through time in the compiled kernels of `keras_rnnx._native`, else None.
+
+    That is where `keras_rnnx.RNN` trains with them: one of the four lecture cells by exact
+    type, tanh/sigmoid, float32, no mask, on the CPU outside XLA.
+    """
+    from keras_rnnx import _native, rnn
+
+    if target.stacked or mask is not None or dtype != "float32":
+        return None
+    reader = target.readers[0]
+    cell = reader.cell
+    kind = rnn._NATIVE_CELLS.get(type(cell))
+    if (kind is None or cell.activation is not keras.activations.tanh
+            or getattr(cell, "recurrent_activation", keras.activations.sigmoid)
+            is not keras.activations.sigmoid or cell.recurrent_kernel.dtype != "float32"
+            or tf.config.list_logical_devices("GPU")):
+        return None
+    from tensorflow.python.ops import control_flow_util
+
+    if control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()):
+        return None
+    module = _native.load()
+    return None if module is None else (module, kind, reader)
+
+
+def _native_scan(module, kind: str, reader: _CellReader, xs, eps, flat_init):
+    """What `tf.scan` over the cell's steps returns, from the compiled kernels.
+
+    xs (T, B, D) and eps (T, B, U) are time-major in processing order. The states are those
+    of `reader.step`; ε_t is zero, so it changes no value, and its gradient, the total
+    derivative ∂L/∂h_t, is what the kernels' backward loop carries at step t: the gradient
+    arriving from above (the layer's output at t) plus the one through the next step,
+    ∂L/∂a_{t+1} · R_hᵀ (h_t enters a_{t+1} = p_{t+1} + h_t R_h only).
+    """
+    cell = reader.cell
+    kernel = tf.convert_to_tensor(cell.kernel)
+    recurrent = tf.convert_to_tensor(cell.recurrent_kernel)
+    width = int(kernel.shape[-1])
+    two_states = len(reader.state_names) == 2
+    shape = tf.shape(xs)
+    projected = tf.matmul(tf.reshape(xs, tf.stack([-1, shape[2]])), kernel)
+    if cell.use_bias:
+        projected = projected + tf.convert_to_tensor(cell.bias)
+    projected = tf.reshape(projected, tf.stack([shape[0], shape[1], width]))
+    h0 = flat_init[0]
+    c0 = flat_init[1] if two_states else tf.zeros_like(h0)
+
+    @tf.custom_gradient
+    def run(projected, recurrent, h0, c0, eps):
+        h, c, gates = module.rnnx_cell_forward(projected, recurrent, h0, c0, cell=kind)
+
+        def grad(dh, dc, dgates):
+            del dgates  # the gates reach the loss through h and c only
+            dh = tf.zeros_like(h) if dh is None else dh
+            # Only c_T reaches the loss (through `return_state`); c_t for t < T is reported.
+            dc_last = tf.zeros_like(c0) if dc is None else dc[-1]
+            dp, d_recurrent, dh0, dc0 = module.rnnx_cell_backward(
+                recurrent, h0, c0, h, c, gates, dh, tf.zeros_like(h0), dc_last, cell=kind)
+            through_next = tf.matmul(tf.reshape(dp[1:], [-1, width]), recurrent,
+                                     transpose_b=True)
+            d_eps = dh + tf.concat([tf.reshape(through_next, tf.shape(dh[1:])),
+                                    tf.zeros_like(dh[:1])], axis=0)
+            return dp, d_recurrent, dh0, dc0, d_eps
+
+        return (h, c, gates), grad
+
+    h, c, gates = run(projected, recurrent, h0, c0, eps)
+    states = (h, c) if two_states else (h,)
+    names = reader.gate_names
+    blocks = tf.split(gates, len(reader.block_names), axis=-1) if names else []
+    return states, h, tuple(blocks)
 
 
 def _jacobian_norm(entry: _Entry):
