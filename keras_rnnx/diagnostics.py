@@ -15,6 +15,10 @@ so that it reaches both the layer's output and the next step; ∂L/∂ε_t is th
 ∂L/∂h_t, lower layers included (their ε reaches L through the upper layers). Nothing is
 collected from inside `cell.call`, so the numbers are those of graph mode, and the traced
 function is kept per model and per input shape: later calls run the graph only.
+Where `keras_rnnx.RNN` trains on the compiled CPU kernels (a lecture cell by exact type,
+tanh/sigmoid, float32, no mask), the probe runs that layer's loop and its backward pass through
+time in those kernels too: ∂L/∂h_t is then what their backward loop carries at step t (the
+gradient from above plus ∂L/∂a_{t+1}·R_hᵀ), the same number as ∂L/∂ε_t.
 
 Conventions, for a viewer labelling its axes:
 
