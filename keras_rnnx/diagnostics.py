@@ -65,7 +65,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from keras_rnnx import _validation
+from keras_rnnx import _jacobian, _validation
 from keras_rnnx.cells import CELL_KINDS, LectureCell
 
 __all__ = ["Probe", "Trace", "get_probe", "probe", "probed_layers"]
@@ -293,6 +293,7 @@ class _Entry:
         self.eps = None
         self.mask = None
         self.jacobian_inputs = None
+        self.closed_form = None  # (gates, new states) where `_jacobian` has a closed form
 
 
 class _Recorder:
@@ -438,6 +439,8 @@ def _run_layer(target: _Target, recorder: _Recorder, sequences, initial_state, m
         step_inputs = xs if previous_h is None else previous_h
         prev_states = [tf.concat([s0[None], s[:-1]], axis=0) for s0, s in zip(inits, seqs)]
         entry.jacobian_inputs = (step_inputs, prev_states, ms, backwards)
+        if _jacobian.closed_form_kind(reader.cell, reader.kind) is not None:
+            entry.closed_form = (gates_tm[goffset: goffset + count], list(seqs))
         previous_h = seqs[0]
         offset += n
         goffset += count
@@ -528,15 +531,27 @@ def _native_scan(module, kind: str, reader: _CellReader, xs, eps, flat_init):
 def _jacobian_norm(entry: _Entry):
     """‖∂s_t/∂s_{t-1}‖₂ per sample and step, (B, T), in input order.
 
-    The step is independent across the batch, so the B·T steps are run as one batch, and
-    the S rows of each S×S Jacobian come from one backward pass over S stacked copies of
-    that batch, copy j seeded with e_j (what `batch_jacobian` does, without its `pfor`
-    tracing cost).
+    The lecture cells' step Jacobians have closed forms (`keras_rnnx._jacobian`): σ_max comes
+    from Lanczos steps on J v products there. For every other readable cell the step is
+    independent across the batch, so the B·T steps are run as one batch, and the S rows of
+    each S×S Jacobian come from one backward pass over S stacked copies of that batch, copy j
+    seeded with e_j (what `batch_jacobian` does, without its `pfor` tracing cost).
     """
     step_inputs, prev_states, ms, backwards = entry.jacobian_inputs
     reader = entry.reader
-    dtype = reader.cell.variable_dtype
     steps, batch = tf.shape(step_inputs)[0], tf.shape(step_inputs)[1]
+    if entry.closed_form is not None:
+        gates, new_states = entry.closed_form
+
+        def rows(t):
+            return tf.reshape(tf.cast(t, tf.float32), tf.stack([-1, t.shape[-1]]))
+
+        norms = _jacobian.closed_form_norms(
+            reader.kind, reader.cell.recurrent_kernel, [rows(g) for g in gates],
+            [rows(s) for s in prev_states], [rows(s) for s in new_states],
+            keep=None if ms is None else tf.reshape(ms, [-1]))
+        return _input_order(tf.reshape(norms, tf.stack([steps, batch])), ms, backwards)
+    dtype = reader.cell.variable_dtype
     n = steps * batch
     x = tf.reshape(tf.cast(step_inputs, dtype), tf.stack([n, -1]))
     s_prev = tf.concat([tf.cast(s, dtype) for s in prev_states], axis=-1)
@@ -552,15 +567,12 @@ def _jacobian_norm(entry: _Entry):
         picked = tf.reduce_sum(s_new * seed)
     rows = tape.gradient(picked, s_rep)
     jac = tf.transpose(tf.reshape(rows, tf.stack([size, n, size])), [1, 0, 2])
-    # σ_max(J) = sqrt(λ_max(J Jᵀ)): a symmetric eigenvalue problem is ~4x cheaper than an SVD
-    # and exact to float precision for the largest singular value.
-    gram = tf.matmul(jac, jac, transpose_b=True)
-    # The eigensolver fails on NaN/Inf (a diverged run): solve a zero matrix there, report NaN.
-    finite = tf.reduce_all(tf.math.is_finite(gram), axis=[1, 2])
-    gram = tf.where(finite[:, None, None], gram, tf.zeros_like(gram))
-    norms = tf.sqrt(tf.maximum(tf.linalg.eigvalsh(gram)[:, -1], 0.0))
-    norms = tf.where(finite, norms, tf.fill(tf.shape(norms), tf.constant(np.nan, dtype)))
-    norms = tf.reshape(norms, tf.stack([steps, batch]))
+    return _input_order(tf.reshape(_jacobian.exact_norms(jac), tf.stack([steps, batch])), ms,
+                        backwards)
+
+
+def _input_order(norms, ms, backwards):
+    """(T, B) norms in processing order → (B, T) in input order, masked steps 1."""
     if ms is not None:
         norms = tf.where(ms, norms, tf.ones_like(norms))
     norms = tf.transpose(norms)

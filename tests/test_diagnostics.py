@@ -664,3 +664,36 @@ def test_compiled_kernel_path_gives_the_total_derivative(kind, data):
     np.testing.assert_allclose(trace.loss, float(loss), rtol=1e-5)
     np.testing.assert_allclose(trace["rnn"]["grad_h"], want, rtol=1e-4, atol=1e-7)
     np.testing.assert_allclose(trace["rnn"]["states"]["h"], np.stack(hs, axis=1), atol=1e-5)
+
+
+@pytest.mark.parametrize("kinds", [("forget", "cec"), ("original", "vanilla")])
+def test_lanczos_jacobian_norms_with_mask_go_backwards_and_stacked_cells(kinds, data):
+    """States of 2·16 or 16 units: more than `_jacobian.LANCZOS_STEPS`, so the Jacobian
+    norms come from certified Lanczos steps or the exact fallback, not a full Krylov space.
+    Reference: per-step `batch_jacobian`s and `np.linalg.norm(J, 2)` in an eager loop."""
+    x, y_last, _ = data
+    x = x.copy()
+    x[0, 4:] = 0.0
+    x[2, :1] = 0.0
+    units = 16
+    keras.utils.set_random_seed(31)
+    masked = compiled(keras.Sequential([
+        keras.Input((T, F)),
+        keras.layers.Masking(0.0),
+        rx.RNN(make_cell(kinds[0], units=units, recurrent_initializer="glorot_uniform"),
+               go_backwards=True, name="back"),
+        keras.layers.Dense(1),
+    ]))
+    trace = diagnostics.probe(masked, x, y_last)
+    assert_matches_reference(trace, reference_trace(masked, x, y_last), ["back"])
+    mask = np.any(x != 0.0, axis=-1)
+    np.testing.assert_array_equal(trace["back"]["jacobian_norm"][~mask], 1.0)
+    stacked = compiled(keras.Sequential([
+        keras.Input((T, F)),
+        keras.layers.RNN(keras.layers.StackedRNNCells(
+            [make_cell(kinds[1], units=units), make_cell(kinds[0], units=units)]), name="stack"),
+        keras.layers.Dense(1),
+    ]))
+    trace = diagnostics.probe(stacked, x, y_last)
+    keys = ["stack/cell_0", "stack/cell_1"]
+    assert_matches_reference(trace, reference_trace(stacked, x, y_last), keys)
