@@ -162,10 +162,11 @@ def _lanczos(kind: str, steps: int, recurrent, gates, prev_states, new_states):
 def closed_form_norms(kind: str, recurrent, gates, prev_states, new_states, keep=None):
     """σ_max(∂s_t/∂s_{t-1}) per row (N,), from the closed form; NaN where J is not finite.
 
-    Rows whose Ritz value it cannot certify — a top singular value
-    whose gap is neither large nor tiny, or NaN/Inf — are recomputed exactly: their J is built
-    column by column from the same J v products and solved with `exact_norms`, as the
-    full-Jacobian path does. `keep` (N,) bool marks the rows whose value matters (False rows,
+    σ_max² is the top Ritz value of `LANCZOS_STEPS` Lanczos steps on JᵀJ (`_lanczos`). Rows
+    whose value those steps cannot certify — a top singular value whose gap to the next is
+    neither large nor tiny, or NaN/Inf — are recomputed exactly: their J is built column by
+    column from the same J v products and solved with `exact_norms`, as the full-Jacobian
+    path does. `keep` (N,) bool marks the rows whose value matters (False rows,
     e.g. masked steps, are never recomputed).
     """
     recurrent = tf.cast(recurrent, tf.float32)

@@ -65,10 +65,13 @@ def case(kind, rows, rng, scale=1.0):
     return p, recurrent, h_prev, c_prev
 
 
+def f32(array):
+    return tf.constant(np.asarray(array, np.float32))
+
+
 def closed_form(kind, p, recurrent, h_prev, c_prev, keep=None):
     gates, new = numpy_step(kind, p, recurrent, h_prev, c_prev)
     prev = [h_prev] if kind == "vanilla" else [h_prev, c_prev]
-    f32 = [lambda t: tf.constant(np.asarray(t, np.float32))][0]
     return _jacobian.closed_form_norms(
         kind, f32(recurrent), [f32(g) for g in gates], [f32(s) for s in prev],
         [f32(s) for s in new], keep=None if keep is None else tf.constant(keep)).numpy()
@@ -96,7 +99,6 @@ def test_near_degenerate_and_moderately_separated_top_singular_values():
         np.concatenate([[0.9, 0.88], np.linspace(0.1, 0.87, UNITS - 2)]),
     ])
     h = np.sqrt(1.0 - d)
-    f32 = [lambda t: tf.constant(np.asarray(t, np.float32))][0]
     args = (f32(recurrent), [], [f32(np.zeros_like(h))], [f32(h)])
     got = _jacobian.closed_form_norms("vanilla", *args).numpy()
     want = [np.linalg.svd(np.diag(1.0 - row ** 2) @ recurrent.T, compute_uv=False)[0]
