@@ -29,9 +29,14 @@ import tensorflow as tf
 
 KINDS = ("vanilla", "cec", "original", "forget")
 
-# Lanczos steps on JᵀJ (fewer when S is smaller: then the Krylov space is the whole space and
-# the Ritz values are exact), and the relative residual bound that certifies a row's value.
-LANCZOS_STEPS = 12
+# Lanczos steps on JᵀJ per cell (fewer when S is smaller: then the Krylov space is the whole
+# space and the Ritz values are exact), and the relative residual bound that certifies a row's
+# value. Measured on the demo's model (32 units, 8 × 100 steps, after 30 training steps): the
+# share of rows certified at 12 / 16 / 24 steps was vanilla 2 / 100 / 100 %, CEC 81 / 99.8 /
+# 100 %, original 0 / 1.4 / 73 %, forget 100 % from 12; uncertified rows cost an exact solve,
+# certified ones a step each, so each cell gets the fewest steps that certify most rows (the
+# original cell's carousel without a forget gate clusters its singular values near 1).
+LANCZOS_STEPS = {"vanilla": 16, "cec": 16, "original": 24, "forget": 12}
 LANCZOS_TOL = 1e-5
 
 
@@ -162,7 +167,7 @@ def _lanczos(kind: str, steps: int, recurrent, gates, prev_states, new_states):
 def closed_form_norms(kind: str, recurrent, gates, prev_states, new_states, keep=None):
     """σ_max(∂s_t/∂s_{t-1}) per row (N,), from the closed form; NaN where J is not finite.
 
-    σ_max² is the top Ritz value of `LANCZOS_STEPS` Lanczos steps on JᵀJ (`_lanczos`). Rows
+    σ_max² is the top Ritz value of `LANCZOS_STEPS[kind]` Lanczos steps on JᵀJ (`_lanczos`). Rows
     whose value those steps cannot certify — a top singular value whose gap to the next is
     neither large nor tiny, or NaN/Inf — are recomputed exactly: their J is built column by
     column from the same J v products and solved with `exact_norms`, as the full-Jacobian
@@ -171,7 +176,7 @@ def closed_form_norms(kind: str, recurrent, gates, prev_states, new_states, keep
     """
     recurrent = tf.cast(recurrent, tf.float32)
     size = int(recurrent.shape[0]) * (1 if kind == "vanilla" else 2)
-    steps = min(size, LANCZOS_STEPS)
+    steps = min(size, LANCZOS_STEPS[kind])
     theta, certified = _lanczos(kind, steps, recurrent, gates, prev_states, new_states)
     norms = tf.sqrt(tf.maximum(theta, 0.0))
     if keep is not None:

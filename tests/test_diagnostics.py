@@ -668,14 +668,14 @@ def test_compiled_kernel_path_gives_the_total_derivative(kind, data):
 
 @pytest.mark.parametrize("kinds", [("forget", "cec"), ("original", "vanilla")])
 def test_lanczos_jacobian_norms_with_mask_go_backwards_and_stacked_cells(kinds, data):
-    """States of 2·16 or 16 units: more than `_jacobian.LANCZOS_STEPS`, so the Jacobian
+    """States of 2·28 or 28 units: more than `_jacobian.LANCZOS_STEPS`, so the Jacobian
     norms come from certified Lanczos steps or the exact fallback, not a full Krylov space.
     Reference: per-step `batch_jacobian`s and `np.linalg.norm(J, 2)` in an eager loop."""
     x, y_last, _ = data
     x = x.copy()
     x[0, 4:] = 0.0
     x[2, :1] = 0.0
-    units = 16
+    units = 28
     keras.utils.set_random_seed(31)
     masked = compiled(keras.Sequential([
         keras.Input((T, F)),
