@@ -38,6 +38,8 @@ KINDS = ("vanilla", "cec", "original", "forget")
 # original cell's carousel without a forget gate clusters its singular values near 1).
 LANCZOS_STEPS = {"vanilla": 16, "cec": 16, "original": 24, "forget": 12}
 LANCZOS_TOL = 1e-5
+# The uncertified rows' second run, from their top Ritz vector: this many times as many steps.
+RESTART = 1
 
 
 def closed_form_kind(cell, kind: str) -> str | None:
@@ -124,16 +126,20 @@ def exact_norms(jac):
     return tf.where(finite, norms, tf.fill(tf.shape(norms), tf.constant(np.nan, jac.dtype)))
 
 
-def _lanczos(kind: str, steps: int, recurrent, gates, prev_states, new_states):
-    """(θ, certified) per row: the top Ritz value of JᵀJ after `steps` Lanczos steps with full
-    reorthogonalisation, and whether its residual bound β_k |y_k| ≤ LANCZOS_TOL·θ (or the
-    Krylov space is the whole space)."""
+def _lanczos(kind: str, steps: int, recurrent, gates, prev_states, new_states, start=None):
+    """(θ, certified, x) per row: the top Ritz value of JᵀJ after `steps` Lanczos steps with
+    full reorthogonalisation, whether its residual bound β_k |y_k| ≤ LANCZOS_TOL·θ (or the
+    Krylov space is the whole space), and its Ritz vector x (N, S). `start` (N, S), unit
+    rows: the first Lanczos vectors (default: one fixed random vector for every row)."""
     jv, jtv, size = step_jacobian(kind, recurrent, gates, prev_states, new_states)
     n = tf.shape(new_states[0])[0]
-    # A fixed start with no special structure: a unit vector or all-ones could be orthogonal
-    # to the top singular vector of a structured J.
-    start = np.random.default_rng(0).normal(size=size)
-    q = tf.tile(tf.constant((start / np.linalg.norm(start))[None], tf.float32), [n, 1])
+    if start is None:
+        # A fixed start with no special structure: a unit vector or all-ones could be
+        # orthogonal to the top singular vector of a structured J.
+        start = np.random.default_rng(0).normal(size=size)
+        q = tf.tile(tf.constant((start / np.linalg.norm(start))[None], tf.float32), [n, 1])
+    else:
+        q = start
     basis, alphas, betas = [q], [], []
     q_prev = beta = None
     for j in range(steps):
@@ -161,26 +167,43 @@ def _lanczos(kind: str, steps: int, recurrent, gates, prev_states, new_states):
     bound = betas[-1] * tf.abs(vectors[:, -1, -1])
     converged = bound <= LANCZOS_TOL * tf.maximum(theta, 0.0)
     certified = finite if steps == size else finite & converged
-    return theta, certified
+    ritz = tf.einsum("nk,kns->ns", vectors[:, :, -1], tf.stack(basis))
+    return theta, certified, ritz
 
 
 def closed_form_norms(kind: str, recurrent, gates, prev_states, new_states, keep=None):
     """σ_max(∂s_t/∂s_{t-1}) per row (N,), from the closed form; NaN where J is not finite.
 
-    σ_max² is the top Ritz value of `LANCZOS_STEPS[kind]` Lanczos steps on JᵀJ (`_lanczos`). Rows
-    whose value those steps cannot certify — a top singular value whose gap to the next is
-    neither large nor tiny, or NaN/Inf — are recomputed exactly: their J is built column by
-    column from the same J v products and solved with `exact_norms`, as the full-Jacobian
-    path does. `keep` (N,) bool marks the rows whose value matters (False rows,
-    e.g. masked steps, are never recomputed).
+    σ_max² is the top Ritz value of `LANCZOS_STEPS[kind]` Lanczos steps on JᵀJ (`_lanczos`).
+    Rows whose value those steps cannot certify get `RESTART` times as many steps, restarted
+    from their top Ritz vector (which by then points nearly along the top singular vector, so
+    that the residual bound usually certifies the value within these steps). Rows still
+    uncertified — a top singular value whose gap to the next is neither large nor tiny, or
+    NaN/Inf — are recomputed exactly: their J is built column by column from the same J v
+    products and solved with `exact_norms`, as the full-Jacobian path does. `keep` (N,) bool
+    marks the rows whose value matters (False rows, e.g. masked steps, are never recomputed).
     """
     recurrent = tf.cast(recurrent, tf.float32)
     size = int(recurrent.shape[0]) * (1 if kind == "vanilla" else 2)
     steps = min(size, LANCZOS_STEPS[kind])
-    theta, certified = _lanczos(kind, steps, recurrent, gates, prev_states, new_states)
-    norms = tf.sqrt(tf.maximum(theta, 0.0))
+    theta, certified, ritz = _lanczos(kind, steps, recurrent, gates, prev_states, new_states)
     if keep is not None:
         certified = certified | ~keep
+    if steps < size:
+        again = tf.where(~certified)[:, 0]
+
+        def take(t):
+            return tf.gather(t, again)
+
+        start = tf.math.l2_normalize(take(ritz), axis=-1)
+        theta2, certified2, _ = _lanczos(
+            kind, min(size, RESTART * steps), recurrent, [take(g) for g in gates],
+            [take(s) for s in prev_states], [take(s) for s in new_states], start=start)
+        # Ritz values are lower bounds of λ_max: keep the larger one.
+        theta = tf.tensor_scatter_nd_update(theta, again[:, None],
+                                            tf.maximum(take(theta), theta2))
+        certified = tf.tensor_scatter_nd_update(certified, again[:, None], certified2)
+    norms = tf.sqrt(tf.maximum(theta, 0.0))
     redo = tf.where(~certified)[:, 0]
     m = tf.shape(redo)[0]
 

@@ -105,9 +105,32 @@ def test_near_degenerate_and_moderately_separated_top_singular_values():
             for row in h.astype(np.float32).astype(np.float64)]
     np.testing.assert_allclose(got, want, rtol=1e-5)
     np.testing.assert_allclose(got, d.max(axis=1), rtol=1e-5)
-    _, certified = _jacobian._lanczos("vanilla", _jacobian.LANCZOS_STEPS["vanilla"], *args)
+    _, certified, _ = _jacobian._lanczos("vanilla", _jacobian.LANCZOS_STEPS["vanilla"], *args)
     # The test covers both paths: some rows certified by Lanczos, some recomputed exactly.
     assert certified.numpy().any() and not certified.numpy().all()
+
+
+@pytest.mark.parametrize("kind", ["cec", "original"])
+def test_restart_from_the_ritz_vector_certifies_rows_the_first_run_could_not(kind):
+    """Lanczos restarted from the first run's top Ritz vector: its value is never below the
+    first run's (Ritz values are lower bounds), rows it certifies match the SVD, and together
+    the two runs leave fewer rows to the exact path than the first alone."""
+    rng = np.random.default_rng(2)
+    p, recurrent, h_prev, c_prev = case(kind, 60, rng, scale=1.5)
+    gates, new = numpy_step(kind, p, recurrent, h_prev, c_prev)
+    args = (f32(recurrent), [f32(g) for g in gates], [f32(h_prev), f32(c_prev)],
+            [f32(s) for s in new])
+    steps = _jacobian.LANCZOS_STEPS[kind] // 2  # few enough that the first run leaves rows
+    theta, certified, ritz = _jacobian._lanczos(kind, steps, *args)
+    theta2, certified2, _ = _jacobian._lanczos(
+        kind, steps, *args, start=tf.math.l2_normalize(ritz, axis=-1))
+    want = finite_difference_norms(kind, p, recurrent, h_prev, c_prev) ** 2
+    first, second = certified.numpy(), certified2.numpy()
+    assert not first.all() and (first | second).sum() > first.sum()
+    assert np.all(theta2.numpy() >= theta.numpy() * (1 - 1e-5))  # up to float32 rounding
+    np.testing.assert_allclose(theta2.numpy()[second], want[second], rtol=1e-4)
+    np.testing.assert_allclose(closed_form(kind, p, recurrent, h_prev, c_prev), np.sqrt(want),
+                               rtol=1e-4)
 
 
 @pytest.mark.parametrize("kind", ["vanilla", "forget"])
