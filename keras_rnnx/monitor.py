@@ -349,6 +349,7 @@ class RNNMonitor(keras.callbacks.Callback):
         self._epoch_base = 0
         self._next_probe = 0
         self._probe_steps: list[int] = []
+        self._full_steps: list[int] = []  # steps of the frames with the Jacobian norms
         self._clock = 0.0
         self._spent = 0.0
         self._traced = 0.0
@@ -361,6 +362,7 @@ class RNNMonitor(keras.callbacks.Callback):
         self._fit_start = 0
         self._first_step = 0.0  # training seconds of this fit's first step (tracing and all)
         self._frame_spent = 0.0  # the monitor's seconds in frames in this fit
+        self._setup_spent = 0.0  # its one-time seconds at the fit's start, frames excluded
         self._next_full = 0.0
         self._last_frame = 0
         self._last_full = 0
@@ -424,6 +426,7 @@ class RNNMonitor(keras.callbacks.Callback):
         self._step = self._epoch_base = self._global_step()
         self._clock = start = time.perf_counter()
         self._spent = self._traced = self._frame_spent = self._first_step = 0.0
+        self._setup_spent = 0.0
         self._fit_start = self._last_frame = self._last_full = self._step
         if self.every == "auto":
             params = self.params or {}
@@ -469,6 +472,8 @@ class RNNMonitor(keras.callbacks.Callback):
         if self.open_viewer:
             self._launch_viewer()
         self._account(start)
+        # Spent (counted), but once: not part of the running rate `_plan` extrapolates.
+        self._setup_spent = self._monitor_seconds() - self._frame_spent
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch_base = self._step
@@ -517,6 +522,11 @@ class RNNMonitor(keras.callbacks.Callback):
             self._writer.put("write_event", "train_end", {
                 "probes": self.probe_count, "probe_seconds": round(self.probe_seconds, 4),
                 "monitor_seconds": round(self._monitor_seconds(), 4),
+                "frame_seconds": round(self._frame_spent, 4),
+                "setup_seconds": round(self._setup_spent, 4),
+                "writer_cpu_seconds": round(self._writer.cpu_seconds - self._writer_cpu_base, 4),
+                "training_seconds": round(self._training_seconds(), 4),
+                "jacobian_frames": len(self._full_steps),
                 "interval": self.interval, "dropped_frames": self.dropped_frames,
                 "nonfinite_arrays": self.nonfinite_count,
             }, step=self._step)
@@ -564,7 +574,8 @@ class RNNMonitor(keras.callbacks.Callback):
         light, full = self._costs()
         frame_every, full_every = self._cadence.intervals(
             done=done, training=training, step_seconds=step_seconds, spent=spent,
-            other=max(0.0, spent - self._frame_spent), light=light, full=full)
+            other=max(0.0, spent - self._frame_spent - self._setup_spent), light=light,
+            full=full)
         if frame_every == float("inf"):
             # Nothing affordable now: look again in a while (the step time may grow).
             frame_every = max(1.0, 0.05 * done)
@@ -593,8 +604,9 @@ class RNNMonitor(keras.callbacks.Callback):
             cost = self._probe_cost[full]
             self._probe_cost[full] = seconds if cost is None else 0.7 * cost + 0.3 * seconds
         self._last_frame = self._step
-        if full:
+        if full and trace is not None:
             self._last_full = self._step
+            self._full_steps.append(self._step)
         return trace
 
     def _probe_now(self, full: bool):
