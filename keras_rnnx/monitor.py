@@ -344,6 +344,7 @@ class RNNMonitor(keras.callbacks.Callback):
         self.viewer_process = None
         self._writer: _Writer | None = None
         self._probes: dict[bool, Any] = {}  # with the Jacobian (True) and without (False)
+        self._inputs = (probe_x, probe_y)
         self._active = False
         self._step = 0
         self._epoch_base = 0
@@ -449,6 +450,14 @@ class RNNMonitor(keras.callbacks.Callback):
 
         self._probes = {self.jacobian: diagnostics.get_probe(self.model, layers=self.layers,
                                                              jacobian=self.jacobian)}
+        # Converted once: converting NumPy arrays on every call is a good part of a cheap probe.
+        # Inputs that do not convert go to the probe as given, which reports the error.
+        try:
+            self._inputs = (diagnostics._to_tensors(self.probe_x, "x"),
+                            None if self.probe_y is None
+                            else diagnostics._to_tensors(self.probe_y, "y"))
+        except TypeError:
+            self._inputs = (self.probe_x, self.probe_y)
         try:
             self._writer = _Writer(self.run_dir, self.flush_seconds, 1.0,
                                    self.max_pending_bytes, self.resume)
@@ -636,7 +645,7 @@ class RNNMonitor(keras.callbacks.Callback):
         start = time.perf_counter()
         traces_before = probe.trace_count
         try:
-            trace = probe(self.probe_x, self.probe_y)
+            trace = probe(*self._inputs)
         except Exception as error:  # noqa: BLE001 - a failed probe must not stop training
             trace = None
             if not self._probe_failed:
