@@ -4,7 +4,9 @@ For every run under a directory (e.g. one written by `examples/long_time_lag.py 
 DIR`), and each of its recorded layers: the number of frames with ∂L/∂h_t (`grad_h`) and with
 Jacobian norms (`jacobian_norm`), and the largest gap between two consecutive frames (from
 step 0 to the first, between frames, from the last to the run's last step) as a percentage of
-the run's steps; then the monitor's own `train_end` summary. Reads the logs with
+the run's steps; then the monitor's own `train_end` summary and, where it has them, the
+monitor's seconds in % of training time: all, frames, one-time setup, writer thread CPU and
+the other hooks (batch logging). Reads the logs with
 `keras_rnnx.runlog.RunReader` (NumPy only; no TensorFlow).
 
     python benchmarks/frame_density.py runs/lag
@@ -55,7 +57,18 @@ def main(argv=None):
             print(f"{run.relative_to(root) if run != root else run.name} [{layer}], "
                   f"{total} steps: " + "; ".join(parts))
         if ends:
-            print(f"    monitor: {ends[-1].data}")
+            data = ends[-1].data
+            print(f"    monitor: {data}")
+            training = data.get("training_seconds")
+            if training:
+                # Where the monitor's seconds went, in % of training time (budget: 2 %).
+                frames, setup = data["frame_seconds"], data["setup_seconds"]
+                writer, total_s = data["writer_cpu_seconds"], data["monitor_seconds"]
+                hooks = total_s - frames - setup - writer
+                print("    monitor cost in % of training: " + ", ".join(
+                    f"{name} {100 * value / training:.2f}" for name, value in (
+                        ("all", total_s), ("frames", frames), ("setup", setup),
+                        ("writer thread", writer), ("other hooks", hooks))))
     return results
 
 

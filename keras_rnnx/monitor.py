@@ -492,7 +492,7 @@ class RNNMonitor(keras.callbacks.Callback):
             return
         # `batch` counts from 0 in each epoch (the last step of an execution with
         # steps_per_execution > 1); counting here avoids reading the optimizer every step.
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.thread_time()
         self._step = self._epoch_base + int(batch) + 1
         # Batch logs travel to the writer in bundles, at most flush_seconds / 2 apart: one
         # hand-over (and one wake-up of the writer thread) per step costs more than the rest.
@@ -500,20 +500,24 @@ class RNNMonitor(keras.callbacks.Callback):
         if start >= self._handoff_at:
             self._handoff_at = start + self.flush_seconds / 2
             _hand_over(self._writer, self._rows)
+        if self._step < self._next_probe:
+            # Python work on this thread only: its CPU time is its cost. Wall time would also
+            # charge the monitor for every other process that preempts it on a busy machine.
+            self._spent += time.thread_time() - cpu
+            return
+        if self._cadence is not None:
+            self._plan()  # due by the last plan; the costs and step time may have moved
         if self._step >= self._next_probe:
-            if self._cadence is not None:
-                self._plan()  # due by the last plan; the costs and step time may have moved
-            if self._step >= self._next_probe:
-                _hand_over(self._writer, self._rows)
-                if self._cadence is None:
-                    self._frame(self.jacobian)
-                    self._next_probe = self._step + self.every
-                else:
-                    full = self._cadence.kind(self.jacobian and self._step >= self._next_full,
-                                              *self._costs())
-                    if full is not None:
-                        self._frame(full)
-                    self._plan()
+            _hand_over(self._writer, self._rows)
+            if self._cadence is None:
+                self._frame(self.jacobian)
+                self._next_probe = self._step + self.every
+            else:
+                full = self._cadence.kind(self.jacobian and self._step >= self._next_full,
+                                          *self._costs())
+                if full is not None:
+                    self._frame(full)
+                self._plan()
         self._account(start)
 
     def on_epoch_end(self, epoch, logs=None):

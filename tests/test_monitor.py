@@ -91,13 +91,15 @@ def test_records_meta_scalars_and_probe_frames(tmp_path):
 def test_auto_cadence_keeps_probing_within_budget(tmp_path):
     model = small_model()
     x, y = data(n=640)
-    monitor = RNNMonitor(tmp_path / "run", x[:4], y[:4], overhead_budget=0.05)
+    # A large budget: 80 steps of this small model pay for more than the first frame even on
+    # a busy machine (the planned cadence itself is tested on a fake clock below).
+    monitor = RNNMonitor(tmp_path / "run", x[:4], y[:4], overhead_budget=0.25)
     model.fit(x, y, epochs=2, batch_size=16, verbose=0, callbacks=[monitor])
     # The traced first probe plus at least one more; never more than the budget allows,
     # give or take the one probe that the running mean of the cost may underestimate.
     assert monitor.probe_count >= 2
     worst = max(cost or 0.0 for cost in monitor._probe_cost.values())
-    assert monitor.budget_used <= 0.05 + worst / 1.0
+    assert monitor.budget_used <= 0.25 + worst / 1.0
     reader = runlog.RunReader(tmp_path / "run")
     steps = reader.steps("grad_norm", "lower")
     assert steps[0] == 0 and len(steps) == monitor.probe_count
