@@ -593,6 +593,10 @@ class RNNMonitor(keras.callbacks.Callback):
             # Nothing affordable now: look again in a while (the step time may grow).
             frame_every = max(1.0, 0.05 * done)
         self._next_probe = max(self._step, self._last_frame + round(frame_every))
+        if self._probe_cost[False] is None and self.jacobian:
+            # Until a frame without the Jacobian norms is measured, its cost stands at a
+            # Jacobian frame's, many times too high: measure one now (if that much is left).
+            self._next_probe = self._step
         self._next_full = self._last_full + full_every
 
     def _costs(self) -> tuple[float, float | None]:
