@@ -9,7 +9,14 @@ variants, the order rotating every round. The baselines, on the same batch and i
 rounds: one `model.train_on_batch` step, and one forward + backward pass (`tf.GradientTape`
 in a `tf.function`, no weight update).
 
-    python benchmarks/probe.py              # B=8, T=100, U=128, D=32
+Then, for the flagship demo's model (examples/long_time_lag.py: `rx.RNN(cell(32))` →
+`Dense(1)` on the adding problem, T = 100, Adam with `clipnorm`, Keras's default compile),
+one line per cell "probe ms / train-step ms": a training step is a `fit` step at the demo's
+batch of 64 (the median time between two batch ends in fits of `--fit-steps` steps, one fit
+per round, interleaved with the probe calls), the probe runs on the demo's probe batch of 8
+with targets, with and without the Jacobian norms.
+
+    python benchmarks/probe.py              # B=8, T=100, U=128, D=32; then the demo's model
     python benchmarks/probe.py --quick      # tiny sizes, a smoke run
 """
 
@@ -68,6 +75,79 @@ def make_calls(model, x, y) -> dict:
     }
 
 
+def demo_ratios(args) -> dict:
+    """probe ms / train-step ms for the demo's model, per cell (see the module docstring)."""
+    import sys
+    from pathlib import Path
+
+    import keras
+
+    import keras_rnnx as rx
+    from keras_rnnx import diagnostics
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+    from long_time_lag import adding_problem
+
+    lag, batch, steps = (10, 8, 4) if args.quick else (100, 64, args.fit_steps)
+    rng = np.random.default_rng(args.seed)
+    x, y = adding_problem(batch * steps, lag, rng)
+    probe_x, probe_y = adding_problem(8, lag, rng)
+    kinds = list(rx.CELL_KINDS)
+    models = {}
+    for kind in kinds:
+        keras.utils.set_random_seed(args.seed)
+        model = keras.Sequential([keras.Input((lag, 2)), rx.RNN(rx.CELL_KINDS[kind](32)),
+                                  keras.layers.Dense(1)], name=kind)
+        model.compile(optimizer=keras.optimizers.Adam(1e-2, clipnorm=1.0), loss="mse")
+        models[kind] = model
+
+    class StepClock(keras.callbacks.Callback):
+        """Wall time between consecutive batch ends: a `fit` step without fit's setup."""
+
+        def on_train_begin(self, logs=None):
+            self.ends = []
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.ends.append(time.perf_counter())
+
+    clock = StepClock()
+
+    def fit_step_ms(model):
+        model.fit(x, y, batch_size=batch, epochs=1, verbose=0, callbacks=[clock])
+        return float(np.median(np.diff(clock.ends))) * 1e3
+
+    calls = {kind: {"train step": lambda m=models[kind]: fit_step_ms(m),
+                    "probe jac": lambda m=models[kind]: timed_ms(
+                        lambda: diagnostics.probe(m, probe_x, probe_y, jacobian=True)),
+                    "probe no-jac": lambda m=models[kind]: timed_ms(
+                        lambda: diagnostics.probe(m, probe_x, probe_y, jacobian=False))}
+             for kind in kinds}
+    for kind in kinds:  # compile the train step, trace the probes
+        for call in calls[kind].values():
+            call()
+    samples = {kind: {v: [] for v in calls[kind]} for kind in kinds}
+    pairs = [(kind, v) for kind in kinds for v in calls[kind]]
+    for r in range(args.repeats):
+        shift = r % len(pairs)
+        for kind, variant in pairs[shift:] + pairs[:shift]:
+            samples[kind][variant].append(calls[kind][variant]())
+    med = {kind: {v: float(np.median(t)) for v, t in samples[kind].items()} for kind in kinds}
+    print(f"\nthe demo's model (examples/long_time_lag.py: rx.RNN(cell(32)), T={lag}; train "
+          f"step = fit step at batch {batch}, {steps} steps a fit; probe batch 8), median of "
+          f"{args.repeats} interleaved rounds:")
+    widths = (20, 15, 14, 17, 26, 24)
+    print("".join(f"{c:>{w}}" for c, w in zip(
+        ("cell", "train step ms", "probe jac ms", "probe no-jac ms",
+         "probe ms / train-step ms", "no-jac / train-step ms"), widths)))
+    for kind in kinds:
+        m = med[kind]
+        cells = (rx.CELL_KINDS[kind].__name__, f"{m['train step']:.2f}", f"{m['probe jac']:.2f}",
+                 f"{m['probe no-jac']:.2f}", f"{m['probe jac'] / m['train step']:.2f}",
+                 f"{m['probe no-jac'] / m['train step']:.2f}")
+        print("".join(f"{c:>{w}}" for c, w in zip(cells, widths)))
+    return med
+
+
 def timed_ms(call) -> float:
     start = time.perf_counter()
     call()
@@ -85,6 +165,10 @@ def main(argv=None):
     parser.add_argument("--units", type=int, default=128, help="U")
     parser.add_argument("--input-dim", type=int, default=32, help="D")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--fit-steps", type=int, default=50,
+                        help="training steps per timed fit of the demo's model")
+    parser.add_argument("--skip-table", action="store_true",
+                        help="only the demo model's probe ms / train-step ms lines")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke run")
     args = parser.parse_args(argv)
     if args.quick:
@@ -114,6 +198,8 @@ def main(argv=None):
 
     # All models first: `set_random_seed` empties TensorFlow's cache of instantiated graph
     # functions, so seeding between calls would make the next call of every graph slow again.
+    if args.skip_table:
+        return demo_ratios(args)
     models = {kind: build_model(kind, args) for kind in kinds}
     calls = {kind: make_calls(models[kind], x, y) for kind in kinds}
     first = {}
@@ -170,6 +256,7 @@ def main(argv=None):
     print("\nprobe traces per cell and jacobian setting: "
           + ("1 each (steady-state calls ran the graph only)" if not retraced
              else f"RETRACED {retraced}"))
+    demo_ratios(args)
     return med
 
 

@@ -58,7 +58,7 @@ def monitor_callbacks(args: argparse.Namespace, run_name: str, probe_x, probe_y=
     monitor = RNNMonitor(os.path.join(args.monitor, run_name), probe_x, probe_y, tokens=tokens,
                          **monitor_kwargs)
     if args.viz and open_viewer is not False:
-        from visualizer.launch import open_viewer as launch
+        from keras_rnnx.viewer_process import open_viewer as launch
 
         os.makedirs(args.monitor, exist_ok=True)
         launch(args.monitor)

@@ -15,6 +15,10 @@ so that it reaches both the layer's output and the next step; ∂L/∂ε_t is th
 ∂L/∂h_t, lower layers included (their ε reaches L through the upper layers). Nothing is
 collected from inside `cell.call`, so the numbers are those of graph mode, and the traced
 function is kept per model and per input shape: later calls run the graph only.
+Where `keras_rnnx.RNN` trains on the compiled CPU kernels (a lecture cell by exact type,
+tanh/sigmoid, float32, no mask), the probe runs that layer's loop and its backward pass through
+time in those kernels too: ∂L/∂h_t is then what their backward loop carries at step t (the
+gradient from above plus ∂L/∂a_{t+1}·R_hᵀ), the same number as ∂L/∂ε_t.
 
 Conventions, for a viewer labelling its axes:
 
@@ -65,7 +69,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from keras_rnnx import _validation
+from keras_rnnx import _jacobian, _validation
 from keras_rnnx.cells import CELL_KINDS, LectureCell
 
 __all__ = ["Probe", "Trace", "get_probe", "probe", "probed_layers"]
@@ -328,6 +332,7 @@ class _Entry:
         self.eps = None
         self.mask = None
         self.jacobian_inputs = None
+        self.closed_form = None  # (gates, new states) where `_jacobian` has a closed form
 
 
 class _Recorder:
@@ -448,9 +453,13 @@ def _run_layer(target: _Target, recorder: _Recorder, sequences, initial_state, m
     gate_init = tuple(
         tf.zeros(tf.stack([batch, r.units]), dtype=dtype) for r in readers for _ in r.gate_names
     )
-    elems = (xs, es) if ms is None else (xs, es, ms)
-    states_tm, outs_tm, gates_tm = tf.scan(step, elems, initializer=(tuple(flat_init), zeros,
-                                                                      gate_init))
+    native = _native_probe_kind(target, mask, dtype)
+    if native is not None:
+        states_tm, outs_tm, gates_tm = _native_scan(*native, xs, es[0], flat_init)
+    else:
+        elems = (xs, es) if ms is None else (xs, es, ms)
+        states_tm, outs_tm, gates_tm = tf.scan(step, elems, initializer=(tuple(flat_init),
+                                                                          zeros, gate_init))
 
     def input_order(t_major):
         return processing(_time_major(t_major))
@@ -469,6 +478,8 @@ def _run_layer(target: _Target, recorder: _Recorder, sequences, initial_state, m
         step_inputs = xs if previous_h is None else previous_h
         prev_states = [tf.concat([s0[None], s[:-1]], axis=0) for s0, s in zip(inits, seqs)]
         entry.jacobian_inputs = (step_inputs, prev_states, ms, backwards)
+        if _jacobian.closed_form_kind(reader.cell, reader.kind) is not None:
+            entry.closed_form = (gates_tm[goffset: goffset + count], list(seqs))
         previous_h = seqs[0]
         offset += n
         goffset += count
@@ -481,18 +492,105 @@ def _run_layer(target: _Target, recorder: _Recorder, sequences, initial_state, m
     return output
 
 
+def _native_probe_kind(target: _Target, mask, dtype):
+    """(op module, kernel name, reader) where the probe can run a layer's forward pass and
+    its backward pass through time in the compiled kernels of `keras_rnnx._native`, else None.
+
+    That is where `keras_rnnx.RNN` trains with them: one of the four lecture cells by exact
+    type, tanh/sigmoid, float32, no mask, on the CPU outside XLA.
+    """
+    from keras_rnnx import _native, rnn
+
+    if target.stacked or mask is not None or dtype != "float32":
+        return None
+    reader = target.readers[0]
+    cell = reader.cell
+    kind = rnn._NATIVE_CELLS.get(type(cell))
+    if (kind is None or cell.activation is not keras.activations.tanh
+            or getattr(cell, "recurrent_activation", keras.activations.sigmoid)
+            is not keras.activations.sigmoid or cell.recurrent_kernel.dtype != "float32"
+            or tf.config.list_logical_devices("GPU")):
+        return None
+    from tensorflow.python.ops import control_flow_util
+
+    if control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()):
+        return None
+    module = _native.load()
+    return None if module is None else (module, kind, reader)
+
+
+def _native_scan(module, kind: str, reader: _CellReader, xs, eps, flat_init):
+    """What `tf.scan` over the cell's steps returns, from the compiled kernels.
+
+    xs (T, B, D) and eps (T, B, U) are time-major in processing order. The states are those
+    of `reader.step`; ε_t is zero, so it changes no value, and its gradient, the total
+    derivative ∂L/∂h_t, is what the kernels' backward loop carries at step t: the gradient
+    arriving from above (the layer's output at t) plus the one through the next step,
+    ∂L/∂a_{t+1} · R_hᵀ (h_t enters a_{t+1} = p_{t+1} + h_t R_h only).
+    """
+    cell = reader.cell
+    kernel = tf.convert_to_tensor(cell.kernel)
+    recurrent = tf.convert_to_tensor(cell.recurrent_kernel)
+    width = int(kernel.shape[-1])
+    two_states = len(reader.state_names) == 2
+    shape = tf.shape(xs)
+    projected = tf.matmul(tf.reshape(xs, tf.stack([-1, shape[2]])), kernel)
+    if cell.use_bias:
+        projected = projected + tf.convert_to_tensor(cell.bias)
+    projected = tf.reshape(projected, tf.stack([shape[0], shape[1], width]))
+    h0 = flat_init[0]
+    c0 = flat_init[1] if two_states else tf.zeros_like(h0)
+
+    @tf.custom_gradient
+    def run(projected, recurrent, h0, c0, eps):
+        h, c, gates = module.rnnx_cell_forward(projected, recurrent, h0, c0, cell=kind)
+
+        def grad(dh, dc, dgates):
+            del dgates  # the gates reach the loss through h and c only
+            dh = tf.zeros_like(h) if dh is None else dh
+            # Only c_T reaches the loss (through `return_state`); c_t for t < T is reported.
+            dc_last = tf.zeros_like(c0) if dc is None else dc[-1]
+            dp, d_recurrent, dh0, dc0 = module.rnnx_cell_backward(
+                recurrent, h0, c0, h, c, gates, dh, tf.zeros_like(h0), dc_last, cell=kind)
+            through_next = tf.matmul(tf.reshape(dp[1:], [-1, width]), recurrent,
+                                     transpose_b=True)
+            d_eps = dh + tf.concat([tf.reshape(through_next, tf.shape(dh[1:])),
+                                    tf.zeros_like(dh[:1])], axis=0)
+            return dp, d_recurrent, dh0, dc0, d_eps
+
+        return (h, c, gates), grad
+
+    h, c, gates = run(projected, recurrent, h0, c0, eps)
+    states = (h, c) if two_states else (h,)
+    names = reader.gate_names
+    blocks = tf.split(gates, len(reader.block_names), axis=-1) if names else []
+    return states, h, tuple(blocks)
+
+
 def _jacobian_norm(entry: _Entry):
     """‖∂s_t/∂s_{t-1}‖₂ per sample and step, (B, T), in input order.
 
-    The step is independent across the batch, so the B·T steps are run as one batch, and
-    the S rows of each S×S Jacobian come from one backward pass over S stacked copies of
-    that batch, copy j seeded with e_j (what `batch_jacobian` does, without its `pfor`
-    tracing cost).
+    The lecture cells' step Jacobians have closed forms (`keras_rnnx._jacobian`): σ_max comes
+    from Lanczos steps on J v products there. For every other readable cell the step is
+    independent across the batch, so the B·T steps are run as one batch, and the S rows of
+    each S×S Jacobian come from one backward pass over S stacked copies of that batch, copy j
+    seeded with e_j (what `batch_jacobian` does, without its `pfor` tracing cost).
     """
     step_inputs, prev_states, ms, backwards = entry.jacobian_inputs
     reader = entry.reader
-    dtype = reader.cell.variable_dtype
     steps, batch = tf.shape(step_inputs)[0], tf.shape(step_inputs)[1]
+    if entry.closed_form is not None:
+        gates, new_states = entry.closed_form
+
+        def rows(t):
+            return tf.reshape(tf.cast(t, tf.float32), tf.stack([-1, t.shape[-1]]))
+
+        norms = _jacobian.closed_form_norms(
+            reader.kind, reader.cell.recurrent_kernel, [rows(g) for g in gates],
+            [rows(s) for s in prev_states], [rows(s) for s in new_states],
+            keep=None if ms is None else tf.reshape(ms, [-1]))
+        return _input_order(tf.reshape(norms, tf.stack([steps, batch])), ms, backwards)
+    dtype = reader.cell.variable_dtype
     n = steps * batch
     x = tf.reshape(tf.cast(step_inputs, dtype), tf.stack([n, -1]))
     s_prev = tf.concat([tf.cast(s, dtype) for s in prev_states], axis=-1)
@@ -509,15 +607,12 @@ def _jacobian_norm(entry: _Entry):
         picked = tf.reduce_sum(s_new * seed)
     rows = tape.gradient(picked, s_rep)
     jac = tf.transpose(tf.reshape(rows, tf.stack([size, n, size])), [1, 0, 2])
-    # σ_max(J) = sqrt(λ_max(J Jᵀ)): a symmetric eigenvalue problem is ~4x cheaper than an SVD
-    # and exact to float precision for the largest singular value.
-    gram = tf.matmul(jac, jac, transpose_b=True)
-    # The eigensolver fails on NaN/Inf (a diverged run): solve a zero matrix there, report NaN.
-    finite = tf.reduce_all(tf.math.is_finite(gram), axis=[1, 2])
-    gram = tf.where(finite[:, None, None], gram, tf.zeros_like(gram))
-    norms = tf.sqrt(tf.maximum(tf.linalg.eigvalsh(gram)[:, -1], 0.0))
-    norms = tf.where(finite, norms, tf.fill(tf.shape(norms), tf.constant(np.nan, dtype)))
-    norms = tf.reshape(norms, tf.stack([steps, batch]))
+    return _input_order(tf.reshape(_jacobian.exact_norms(jac), tf.stack([steps, batch])), ms,
+                        backwards)
+
+
+def _input_order(norms, ms, backwards):
+    """(T, B) norms in processing order → (B, T) in input order, masked steps 1."""
     if ms is not None:
         norms = tf.where(ms, norms, tf.ones_like(norms))
     norms = tf.transpose(norms)
@@ -593,6 +688,13 @@ def _to_tensors(structure, name):
         return tf.nest.map_structure(convert, structure)
     except (TypeError, ValueError) as err:
         raise TypeError(f"probe: could not convert `{name}` to tensors: {err}") from err
+
+
+def _signature(structure) -> tuple:
+    """A hashable key of a nest of tensors: its structure, shapes and dtypes."""
+    flat = tf.nest.flatten(structure)
+    return (str(tf.nest.map_structure(lambda _: 0, structure)),
+            tuple(None if t is None else (tuple(t.shape), t.dtype.name) for t in flat))
 
 
 def _batch_size(structure, name) -> int:
@@ -695,6 +797,7 @@ class Probe:
         self.layer_keys = [key for t in readable for key in t.keys]
         self.trace_count = 0
         self._function = None
+        self._concrete: dict = {}  # input signature -> the traced graph, called directly
         self._compile_loss = None
 
     @property
@@ -731,8 +834,16 @@ class Probe:
                                                                          None):
             self._compile_loss = getattr(model, "_compile_loss", None)
             self._function = tf.function(self._traced, autograph=False)
+            self._concrete = {}
         try:
-            raw = self._function(x, y, sample_weight)
+            # Calling the concrete function skips tf.function's signature matching, about a
+            # millisecond a call: a good part of a cheap probe.
+            key = _signature((x, y, sample_weight))
+            concrete = self._concrete.get(key)
+            if concrete is None:
+                concrete = self._concrete[key] = self._function.get_concrete_function(
+                    x, y, sample_weight)
+            raw = concrete(x, y, sample_weight)
         except (ValueError, TypeError) as err:
             if y is not None and "structure" in str(err):
                 raise ValueError(

@@ -34,7 +34,88 @@ _BOUNDS = {"tanh": [-1.0, 1.0], "sigmoid": [0.0, 1.0], "hard_sigmoid": [0.0, 1.0
            "softsign": [-1.0, 1.0]}
 _STOP = object()
 # The part of the "auto" budget reserved for probes that compute the Jacobian norms.
-_JACOBIAN_SHARE = 0.25
+_JACOBIAN_SHARE = 0.5
+# "auto" aims at one frame with the Jacobian norms in this many (within that share).
+_JACOBIAN_EVERY = 4
+# "auto" probes at least this often (a fraction of the fit's steps) wherever the budget allows.
+_MAX_GAP = 0.05
+_NEVER = 2**62
+
+
+class _Cadence:
+    """Plans "auto" probes evenly over a `fit` from their measured costs (no clock inside).
+
+    With `budget` b, the allowance of the whole `fit` is A = b·(t + τ·n_left): t the training
+    seconds so far, τ the recent seconds per step, n_left the steps still to come. What the
+    monitor costs apart from probes (hooks, batch logging, writer thread) runs at a measured
+    rate ρ per training second, so the probes may still spend P = A − spent − ρ·τ·n_left.
+    One frame in `_JACOBIAN_EVERY` (k) has the Jacobian norms: n_J = P / (c_J + (k−1)·c_L),
+    n = k·n_J frames, unless n_J·c_J > share·P: then n_J = share·P / c_J and the other frames
+    get the rest, n = n_J + (P − n_J·c_J) / c_L. A frame comes every n_left / n steps, a
+    Jacobian frame every n_left / n_J. Where P pays for a frame every `max_gap` of the run's
+    steps but that split does not, frames come that often and the Jacobian frames get what
+    is left; a frame is taken only where P pays for it (`kind`). Planned again after every
+    probe and epoch, so that a first expensive probe or a wrong estimate spreads over the rest
+    of the run instead of starving part of it.
+    """
+
+    def __init__(self, budget: float, share: float, total_steps: int | None,
+                 max_gap: float = _MAX_GAP):
+        self.budget = budget
+        self.share = share
+        self.total = total_steps
+        self.cap = None if not total_steps else max(1, int(max_gap * total_steps))
+        self.money = 0.0  # what the probes may still spend, as of the last plan
+        self.reserve = 0.0  # what the frames that keep the gap rule need of it
+
+    def kind(self, jacobian_due: bool, light: float, full: float | None) -> bool | None:
+        """The frame due now: True (with the Jacobian norms), False (without), None (none):
+        a frame only where the money pays for it, the Jacobian norms only where they leave
+        the frames that keep the gap rule paid for."""
+        if jacobian_due and full is not None and self.money - full >= self.reserve - light:
+            return True
+        return False if self.money >= light else None
+
+    def intervals(self, *, done: int, training: float, step_seconds: float, spent: float,
+                  other: float, light: float, full: float | None) -> tuple[float, float]:
+        """(steps between frames, steps between Jacobian frames; inf for none).
+
+        `done` steps of this `fit` took `training` seconds (`step_seconds` each, recently);
+        the monitor spent `spent` seconds, `other` of them outside probes; a frame costs
+        `light` seconds, one with the Jacobian norms `full` (None: no Jacobian frames).
+        """
+        inf = float("inf")
+        if done <= 0 or training <= 0.0 or step_seconds <= 0.0:
+            return 1.0, inf
+        left = max(1, self.total - done) if self.total else max(1, done)
+        rate = other / training
+        money = self.budget * (training + step_seconds * left) - spent - rate * step_seconds * left
+        self.money, self.reserve = money, 0.0
+        if money <= 0.0:
+            return inf, inf
+        light = max(light, 1e-9)
+        if self.cap is not None and (left / self.cap + 1.0) * light <= money:
+            self.reserve = (left / self.cap + 1.0) * light  # a frame's margin for rounding
+        if full is None:
+            n_full, frames = 0.0, money / light
+        else:
+            # One frame in `_JACOBIAN_EVERY` has the Jacobian norms, as long as those spend at
+            # most `share` of the money; the other frames get the rest.
+            full = max(full, light)
+            n_full = money / (full + (_JACOBIAN_EVERY - 1) * light)
+            frames = _JACOBIAN_EVERY * n_full
+            if n_full * full > self.share * money:
+                n_full = self.share * money / full
+                frames = n_full + (money - n_full * full) / light
+        frame_every = left / frames
+        if self.cap is not None and frame_every > self.cap and left / self.cap * light <= money:
+            frame_every = float(self.cap)
+            if full is not None:
+                # A frame every `cap` steps first; the Jacobian frames get what is left.
+                extra = money - left / self.cap * light
+                n_full = min(n_full, extra / max(full - light, 1e-9))
+        full_every = inf if n_full <= 0.0 else left / n_full
+        return max(1.0, frame_every), max(1.0, full_every)
 
 
 class _Writer:
@@ -181,16 +262,19 @@ class RNNMonitor(keras.callbacks.Callback):
         probe_x: a small batch of input sequences (B, T, D), e.g. 8 samples.
         probe_y: its targets, for the gradient fields; None records states, gates and
             Jacobians only.
-        every: probe every this many training steps, or "auto" (default): probe whenever
-            the monitor's whole cost in this `fit` (its hooks on the training thread, probes
-            and per-batch logging included, plus its writer thread's CPU time) stays within
-            `overhead_budget` of the time spent training (measured as it goes; the one-time
-            tracing of the probe is not counted), so frequent on small models and rare on
-            big ones.
+        every: probe every this many training steps, or "auto" (default): spread probes
+            evenly over the `fit` so that the monitor's whole cost in it (its hooks on the
+            training thread, probes and per-batch logging included, plus its writer thread's
+            CPU time) stays within `overhead_budget` of the time spent training; the interval
+            comes from the measured costs and step time and is planned again after every
+            probe and epoch (the one-time tracing of the probe is not counted). A frame comes
+            at least every 5 % of the fit's steps wherever the budget pays for that. So
+            frequent on small models and rare on big ones.
         layers: probe only these layer keys (see `probe`); default all.
         jacobian: record the per-step Jacobian norms (the most expensive field); with
-            `every="auto"` they get a quarter of the budget, and the probes between two
-            such ones record every other field.
+            `every="auto"` one frame in four has them where they take at most half of the
+            budget (fewer where they cost more), spread evenly too; the other frames record
+            every other field.
         tokens: labels for the time axis: a list of T strings, or one such list per probe
             sample.
         overhead_budget: the fraction of training time "auto" may spend (0.02).
@@ -285,19 +369,29 @@ class RNNMonitor(keras.callbacks.Callback):
         self.viewer_process = None
         self._writer: _Writer | None = None
         self._probes: dict[bool, Any] = {}  # with the Jacobian (True) and without (False)
+        self._inputs = (probe_x, probe_y)
         self._active = False
         self._step = 0
         self._epoch_base = 0
         self._next_probe = 0
         self._probe_steps: list[int] = []
+        self._full_steps: list[int] = []  # steps of the frames with the Jacobian norms
         self._clock = 0.0
         self._spent = 0.0
         self._traced = 0.0
         self._writer_cpu_base = 0.0
         self._rows: list[tuple[int, dict[str, float]]] = []  # batch logs not yet handed over
         self._handoff_at = 0.0
+        # Seconds a frame costs (probe and hand-over, tracing excluded): running means.
         self._probe_cost: dict[bool, float | None] = {True: None, False: None}
-        self._jacobian_spent = 0.0
+        self._cadence: _Cadence | None = None
+        self._fit_start = 0
+        self._first_step = 0.0  # training seconds of this fit's first step (tracing and all)
+        self._frame_spent = 0.0  # the monitor's seconds in frames in this fit
+        self._setup_spent = 0.0  # its one-time seconds at the fit's start, frames excluded
+        self._next_full = 0.0
+        self._last_frame = 0
+        self._last_full = 0
         self._reported_drops = 0
         self._dropped = 0
         self._writer_cpu_seconds = 0.0
@@ -357,11 +451,22 @@ class RNNMonitor(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         self._step = self._epoch_base = self._global_step()
         self._clock = start = time.perf_counter()
-        self._spent = self._traced = self._jacobian_spent = 0.0
+        self._spent = self._traced = self._frame_spent = self._first_step = 0.0
+        self._setup_spent = 0.0
+        self._fit_start = self._last_frame = self._last_full = self._step
+        if self.every == "auto":
+            params = self.params or {}
+            steps, epochs = params.get("steps"), params.get("epochs")
+            total = steps * epochs if isinstance(steps, int) and isinstance(epochs, int) else None
+            self._cadence = _Cadence(self.overhead_budget, _JACOBIAN_SHARE if self.jacobian
+                                     else 0.0, total)
+            self._next_probe, self._next_full = self._step + 1, float(_NEVER)
         self._handoff_at = start + self.flush_seconds / 2
         if self._writer is not None:
             self._active = True  # a second `fit` on the same monitor appends to the same run
             self._writer_cpu_base = self._writer.cpu_seconds
+            if isinstance(self.every, int):
+                self._next_probe = self._step + self.every
             return
         # Keras 3 calls callbacks outside the strategy's scope: ask the model for it.
         if self.chief_only and not _is_chief(getattr(self.model, "distribute_strategy", None)):
@@ -370,6 +475,14 @@ class RNNMonitor(keras.callbacks.Callback):
 
         self._probes = {self.jacobian: diagnostics.get_probe(self.model, layers=self.layers,
                                                              jacobian=self.jacobian)}
+        # Converted once: converting NumPy arrays on every call is a good part of a cheap probe.
+        # Inputs that do not convert go to the probe as given, which reports the error.
+        try:
+            self._inputs = (diagnostics._to_tensors(self.probe_x, "x"),
+                            None if self.probe_y is None
+                            else diagnostics._to_tensors(self.probe_y, "y"))
+        except TypeError:
+            self._inputs = (self.probe_x, self.probe_y)
         try:
             self._writer = _Writer(self.run_dir, self.flush_seconds, 1.0,
                                    self.max_pending_bytes, self.resume)
@@ -387,16 +500,17 @@ class RNNMonitor(keras.callbacks.Callback):
         self._finalizer = weakref.finalize(self, _close_at_exit, writer, self._rows)
         atexit.register(self._finalizer)
 
-        trace = self._probe_now(self.jacobian)
-        writer.put("write_meta", self._meta(trace if trace is not None else {}))
+        self._frame(self.jacobian, meta=True)
         if self.corpus is not None:
             self.corpus.write_text(writer.put)
             self._next_corpus = self._step + (self.corpus_every or 0)
-        self._record(self._step, trace)
-        self._next_probe = self._step + (self.every if isinstance(self.every, int) else 1)
+        if isinstance(self.every, int):
+            self._next_probe = self._step + self.every
         if self.open_viewer:
             self._launch_viewer()
         self._account(start)
+        # Spent (counted), but once: not part of the running rate `_plan` extrapolates.
+        self._setup_spent = self._monitor_seconds() - self._frame_spent
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch_base = self._step
@@ -406,21 +520,35 @@ class RNNMonitor(keras.callbacks.Callback):
             return
         # `batch` counts from 0 in each epoch (the last step of an execution with
         # steps_per_execution > 1); counting here avoids reading the optimizer every step.
-        start = time.perf_counter()
         self._step = self._epoch_base + int(batch) + 1
+        # Before the hook's own clock starts: the corpus probe is neither training nor "auto"
+        # cost (it is asked for explicitly, at a fixed cadence).
+        self._corpus_hook(final=False)
+        start, cpu = time.perf_counter(), time.thread_time()
         # Batch logs travel to the writer in bundles, at most flush_seconds / 2 apart: one
         # hand-over (and one wake-up of the writer thread) per step costs more than the rest.
         self._rows.append((self._step, _floats(logs)))
         if start >= self._handoff_at:
             self._handoff_at = start + self.flush_seconds / 2
             _hand_over(self._writer, self._rows)
-        full = self._probe_kind() if self._step >= self._next_probe else None
-        if full is not None:
+        if self._step < self._next_probe:
+            # Python work on this thread only: its CPU time is its cost. Wall time would also
+            # charge the monitor for every other process that preempts it on a busy machine.
+            self._spent += time.thread_time() - cpu
+            return
+        if self._cadence is not None:
+            self._plan()  # due by the last plan; the costs and step time may have moved
+        if self._step >= self._next_probe:
             _hand_over(self._writer, self._rows)
-            self._record(self._step, self._probe_now(full))
-            if isinstance(self.every, int):
+            if self._cadence is None:
+                self._frame(self.jacobian)
                 self._next_probe = self._step + self.every
-        self._corpus_hook(final=False)
+            else:
+                full = self._cadence.kind(self.jacobian and self._step >= self._next_full,
+                                          *self._costs())
+                if full is not None:
+                    self._frame(full)
+                self._plan()
         self._account(start)
 
     def on_epoch_end(self, epoch, logs=None):
@@ -428,6 +556,8 @@ class RNNMonitor(keras.callbacks.Callback):
             start = time.perf_counter()
             _hand_over(self._writer, self._rows)
             self._writer.put("write_scalars", int(epoch), _floats(logs), phase="epoch")
+            if self._cadence is not None:
+                self._plan()
             self._account(start)
 
     def on_train_end(self, logs=None):
@@ -437,6 +567,11 @@ class RNNMonitor(keras.callbacks.Callback):
             self._writer.put("write_event", "train_end", {
                 "probes": self.probe_count, "probe_seconds": round(self.probe_seconds, 4),
                 "monitor_seconds": round(self._monitor_seconds(), 4),
+                "frame_seconds": round(self._frame_spent, 4),
+                "setup_seconds": round(self._setup_spent, 4),
+                "writer_cpu_seconds": round(self._writer.cpu_seconds - self._writer_cpu_base, 4),
+                "training_seconds": round(self._training_seconds(), 4),
+                "jacobian_frames": len(self._full_steps),
                 "interval": self.interval, "dropped_frames": self.dropped_frames,
                 "nonfinite_arrays": self.nonfinite_count,
                 **({} if self.corpus is None else {
@@ -465,9 +600,9 @@ class RNNMonitor(keras.callbacks.Callback):
             self.corpus = None
         seconds = time.perf_counter() - start
         self.corpus_seconds += seconds
-        # Asked for explicitly, at a fixed cadence: neither training time nor "auto" cost.
+        # Asked for explicitly, at a fixed cadence: neither training time nor "auto" cost
+        # (called outside the hooks' accounted time).
         self._clock += seconds
-        self._traced += seconds
         if recorded:
             self._corpus_step = self._step
         if self.corpus_every is not None:
@@ -488,35 +623,69 @@ class RNNMonitor(keras.callbacks.Callback):
         writer = self._writer.cpu_seconds if self._writer is not None else 0.0
         return self._spent + max(0.0, writer - self._writer_cpu_base)
 
-    def _probe_kind(self) -> bool | None:
-        """Whether to probe now: None (not now), True (with the Jacobian), False (without).
+    def _training_seconds(self) -> float:
+        return time.perf_counter() - self._clock - self._spent
 
-        A fixed `every` probes as configured. `every="auto"` probes while the monitor's cost
-        stays within `overhead_budget` of training: the cost is everything the monitor did in
-        this `fit` so far (its hooks on the training thread, the first probe of the `fit` and
-        the per-batch logging included, and the CPU time of its writer thread) plus the
-        expected cost of this probe (the running mean of the last ones). Training time is the
-        wall time of this `fit` less the hooks. The Jacobian norms, by far the most expensive
-        field, get a quarter of the budget: a probe computes them when that share has room
-        for one, and the probes in between (which record every other field) leave it free.
-        A call that traced a probe's graph (once per model and input shape) counts as neither
-        training nor cost; a second call follows it, recorded and measured.
+    def _plan(self) -> None:
+        """Sets the steps of the next frame and of the next Jacobian frame ("auto").
+
+        The monitor's cost is everything it did in this `fit` (its hooks on the training
+        thread, the first probe of the `fit` and the per-batch logging included, and the CPU
+        time of its writer thread); training time is the wall time of this `fit` less the
+        hooks; `_Cadence` spreads what the budget leaves over the remaining steps. The first
+        step (which traces the training function) does not count towards the time a step
+        takes. A call that traced a probe's graph counts as neither training nor cost.
         """
-        if isinstance(self.every, int):
-            return self.jacobian
-        training = time.perf_counter() - self._clock - self._spent
-        allowance = self.overhead_budget * training
+        done = self._step - self._fit_start
+        training = self._training_seconds()
+        if done < 2:
+            if done == 1:
+                self._first_step = training
+            self._next_probe = self._step + 1
+            return
+        step_seconds = (training - self._first_step) / (done - 1)
         spent = self._monitor_seconds()
-        reserve = 0.0
-        if self.jacobian:
-            full = self._probe_cost[True] or 0.0
-            room = allowance * _JACOBIAN_SHARE - self._jacobian_spent  # left of its share
-            if full <= room and spent + full <= allowance:
-                return True
-            # The other probes leave the Jacobian's unused share free, up to one probe's cost.
-            reserve = min(full, max(0.0, room))
-        light = self._probe_cost[False] or 0.0
-        return False if spent + light + reserve <= allowance else None
+        light, full = self._costs()
+        frame_every, full_every = self._cadence.intervals(
+            done=done, training=training, step_seconds=step_seconds, spent=spent,
+            other=max(0.0, spent - self._frame_spent - self._setup_spent), light=light,
+            full=full)
+        if frame_every == float("inf"):
+            # Nothing affordable now: look again in a while (the step time may grow).
+            frame_every = max(1.0, 0.05 * done)
+        self._next_probe = max(self._step, self._last_frame + round(frame_every))
+        if self._probe_cost[False] is None and self.jacobian:
+            # Until a frame without the Jacobian norms is measured, its cost stands at a
+            # Jacobian frame's, many times too high: measure one now (if that much is left).
+            self._next_probe = self._step
+        self._next_full = self._last_full + full_every
+
+    def _costs(self) -> tuple[float, float | None]:
+        """(a frame's cost, a Jacobian frame's or None): measured; before the first frame
+        without the Jacobian norms, a Jacobian frame's cost stands for both."""
+        full = self._probe_cost[True]
+        light = self._probe_cost[False] or full or 0.0
+        return light, (None if not self.jacobian else (full or light))
+
+    def _frame(self, full: bool, meta: bool = False):
+        """Probes (with the Jacobian norms if `full`) and queues the frame; measures its cost."""
+        start, traced = time.perf_counter(), self._traced
+        trace = self._probe_now(full)
+        if meta:
+            meta_start = time.perf_counter()
+            self._writer.put("write_meta", self._meta(trace if trace is not None else {}))
+            start += time.perf_counter() - meta_start  # once per run: not a frame's cost
+        self._record(self._step, trace)
+        seconds = time.perf_counter() - start - (self._traced - traced)
+        self._frame_spent += seconds
+        if trace is not None:
+            cost = self._probe_cost[full]
+            self._probe_cost[full] = seconds if cost is None else 0.7 * cost + 0.3 * seconds
+        self._last_frame = self._step
+        if full and trace is not None:
+            self._last_full = self._step
+            self._full_steps.append(self._step)
+        return trace
 
     def _probe_now(self, full: bool):
         probe = self._probes.get(full)
@@ -535,12 +704,7 @@ class RNNMonitor(keras.callbacks.Callback):
         self.probe_count += 1
         self.probe_seconds += seconds
         self._probe_steps.append(self._step)
-        if not traced:
-            cost = self._probe_cost[full]
-            self._probe_cost[full] = seconds if cost is None else 0.7 * cost + 0.3 * seconds
-            if full:
-                self._jacobian_spent += seconds
-        else:
+        if traced:
             self._clock += seconds
             self._traced += seconds
         return trace
@@ -550,7 +714,7 @@ class RNNMonitor(keras.callbacks.Callback):
         start = time.perf_counter()
         traces_before = probe.trace_count
         try:
-            trace = probe(self.probe_x, self.probe_y)
+            trace = probe(*self._inputs)
         except Exception as error:  # noqa: BLE001 - a failed probe must not stop training
             trace = None
             if not self._probe_failed:
@@ -650,12 +814,9 @@ class RNNMonitor(keras.callbacks.Callback):
         }
 
     def _launch_viewer(self) -> None:
-        try:
-            from visualizer.launch import open_viewer
-        except ImportError as error:
-            warnings.warn(f"RNNMonitor: viewer not started ({error}); install keras-rnnx[viz].",
-                          RuntimeWarning, stacklevel=3)
-            return
+        # A separate process (`python -m visualizer`): nothing of the viewer is imported here.
+        from keras_rnnx.viewer_process import open_viewer
+
         self.viewer_process = open_viewer(self.run_dir)
 
 

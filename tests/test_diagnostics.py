@@ -623,3 +623,77 @@ def test_model_without_a_readable_rnn(data):
 def test_unknown_layer_name(small_model, data):
     with pytest.raises(ValueError, match=r"no probed layer named 'nope'.*\['rnn'\]"):
         diagnostics.probe(small_model, data[0], layers="nope")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_compiled_kernel_path_gives_the_total_derivative(kind, data):
+    """Lecture layers without a mask run in `keras_rnnx._native`'s kernels inside the probe;
+    ∂L/∂h_t must still be the total derivative, with the output sequence and c_T (through
+    `return_state`) both reaching the loss. Reference: an eager step loop with a watched zero
+    ε_t added to every h_t."""
+    from keras_rnnx import _native
+
+    if _native.load() is None:
+        pytest.skip(f"compiled kernels unavailable: {_native.status()}")
+    x, y_last, _ = data
+    keras.utils.set_random_seed(21)
+    inputs = keras.Input((T, F))
+    layer = rx.RNN(make_cell(kind), return_sequences=True, return_state=True, name="rnn")
+    seq, *final = layer(inputs)
+    dense = keras.layers.Dense(1)
+    model = compiled(keras.Model(inputs, dense(keras.layers.Concatenate()(
+        [keras.layers.Flatten()(seq), final[-1]]))))
+    trace = diagnostics.probe(model, x, y_last)
+    graph = diagnostics.get_probe(model)._function.get_concrete_function(
+        tf.constant(x), tf.constant(y_last), None).graph
+    assert any(op.type == "RnnxCellForward" for op in graph.get_operations())
+
+    cell = layer.cell
+    eps = [tf.zeros((B, U)) for _ in range(T)]
+    with tf.GradientTape() as tape:
+        tape.watch(eps)
+        states = [tf.zeros((B, U)) for _ in cell.state_names]
+        hs = []
+        for t in range(T):
+            states, _ = cell.step(tf.constant(x[:, t]), states, training=False)
+            states = [states[0] + eps[t], *states[1:]]
+            hs.append(states[0])
+        flat = tf.concat([tf.reshape(tf.stack(hs, axis=1), (B, -1)), states[-1]], axis=-1)
+        loss = tf.reduce_mean(tf.square(y_last - dense(flat)))
+    want = np.stack([g.numpy() for g in tape.gradient(loss, eps)], axis=1)
+    np.testing.assert_allclose(trace.loss, float(loss), rtol=1e-5)
+    np.testing.assert_allclose(trace["rnn"]["grad_h"], want, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(trace["rnn"]["states"]["h"], np.stack(hs, axis=1), atol=1e-5)
+
+
+@pytest.mark.parametrize("kinds", [("forget", "cec"), ("original", "vanilla")])
+def test_lanczos_jacobian_norms_with_mask_go_backwards_and_stacked_cells(kinds, data):
+    """States of 2·28 or 28 units: more than `_jacobian.LANCZOS_STEPS`, so the Jacobian
+    norms come from certified Lanczos steps or the exact fallback, not a full Krylov space.
+    Reference: per-step `batch_jacobian`s and `np.linalg.norm(J, 2)` in an eager loop."""
+    x, y_last, _ = data
+    x = x.copy()
+    x[0, 4:] = 0.0
+    x[2, :1] = 0.0
+    units = 28
+    keras.utils.set_random_seed(31)
+    masked = compiled(keras.Sequential([
+        keras.Input((T, F)),
+        keras.layers.Masking(0.0),
+        rx.RNN(make_cell(kinds[0], units=units, recurrent_initializer="glorot_uniform"),
+               go_backwards=True, name="back"),
+        keras.layers.Dense(1),
+    ]))
+    trace = diagnostics.probe(masked, x, y_last)
+    assert_matches_reference(trace, reference_trace(masked, x, y_last), ["back"])
+    mask = np.any(x != 0.0, axis=-1)
+    np.testing.assert_array_equal(trace["back"]["jacobian_norm"][~mask], 1.0)
+    stacked = compiled(keras.Sequential([
+        keras.Input((T, F)),
+        keras.layers.RNN(keras.layers.StackedRNNCells(
+            [make_cell(kinds[1], units=units), make_cell(kinds[0], units=units)]), name="stack"),
+        keras.layers.Dense(1),
+    ]))
+    trace = diagnostics.probe(stacked, x, y_last)
+    keys = ["stack/cell_0", "stack/cell_1"]
+    assert_matches_reference(trace, reference_trace(stacked, x, y_last), keys)

@@ -16,7 +16,7 @@ import pytest
 
 import keras_rnnx as rx
 from keras_rnnx import diagnostics, runlog
-from keras_rnnx.monitor import RNNMonitor
+from keras_rnnx.monitor import RNNMonitor, _Cadence
 
 
 def small_model(seed=0):
@@ -91,13 +91,15 @@ def test_records_meta_scalars_and_probe_frames(tmp_path):
 def test_auto_cadence_keeps_probing_within_budget(tmp_path):
     model = small_model()
     x, y = data(n=640)
-    monitor = RNNMonitor(tmp_path / "run", x[:4], y[:4], overhead_budget=0.05)
+    # A large budget: 80 steps of this small model pay for more than the first frame even on
+    # a busy machine (the planned cadence itself is tested on a fake clock below).
+    monitor = RNNMonitor(tmp_path / "run", x[:4], y[:4], overhead_budget=0.25)
     model.fit(x, y, epochs=2, batch_size=16, verbose=0, callbacks=[monitor])
     # The traced first probe plus at least one more; never more than the budget allows,
     # give or take the one probe that the running mean of the cost may underestimate.
     assert monitor.probe_count >= 2
     worst = max(cost or 0.0 for cost in monitor._probe_cost.values())
-    assert monitor.budget_used <= 0.05 + worst / 1.0
+    assert monitor.budget_used <= 0.25 + worst / 1.0
     reader = runlog.RunReader(tmp_path / "run")
     steps = reader.steps("grad_norm", "lower")
     assert steps[0] == 0 and len(steps) == monitor.probe_count
@@ -261,3 +263,78 @@ def test_killed_training_keeps_what_was_flushed(tmp_path):
     # finished half a second before the kill is in the log (the margin is for a busy machine).
     settled = max(step for step, at in announced if at < killed_at - 0.5)
     assert steps[-1] >= settled, (steps[-1], settled, announced[-1])
+
+
+def simulate_cadence(total, step, light, full, logging, first, budget=0.02):
+    """Runs `_Cadence` over a fit of `total` steps of `step` seconds on a fake clock: frames
+    cost `light` (`full` with the Jacobian norms) seconds, batch logging `logging` a step, the
+    first (Jacobian) frame at step 0 `first`. Replans when a frame is due and after it, as
+    RNNMonitor does. Returns (frame steps, Jacobian frame steps, monitor seconds, training)."""
+    cadence = _Cadence(budget, 0.5, total)
+    spent, frame_spent = first, first
+    frames, fulls = [0], [0]
+    next_frame, next_full = 1, float("inf")
+
+    def plan(now, training):
+        every, full_every = cadence.intervals(
+            done=now, training=training, step_seconds=step, spent=spent,
+            other=spent - frame_spent, light=light, full=full)
+        every = max(1.0, 0.05 * now) if every == float("inf") else every
+        return max(now, frames[-1] + round(every)), fulls[-1] + full_every
+
+    for now in range(1, total + 1):
+        spent += logging
+        training = now * step
+        if now >= next_frame and now >= 2:
+            next_frame, next_full = plan(now, training)
+            is_full = cadence.kind(now >= next_full, light, full)
+            if now >= next_frame and is_full is not None:
+                cost = full if is_full else light
+                spent += cost
+                frame_spent += cost
+                frames.append(now)
+                if is_full:
+                    fulls.append(now)
+                next_frame, next_full = plan(now, training)
+        elif now < 2:
+            next_frame = now + 1
+    return np.array(frames), np.array(fulls), spent, total * step
+
+
+def largest_gap(steps, total):
+    return np.max(np.diff(np.concatenate([steps, [total]]))) / total
+
+
+def test_auto_cadence_spreads_frames_evenly_within_budget():
+    # The demo's figures as the budget arithmetic wants them: 2,808 steps, a frame 0.3 step,
+    # a Jacobian frame 1 step (the first one too), logging 0.2 % of a step.
+    total, step = 2808, 0.014
+    frames, fulls, spent, training = simulate_cadence(
+        total, step, light=0.3 * step, full=1.0 * step, logging=0.002 * step, first=step)
+    assert spent <= 0.02 * training + step  # within the budget, give or take one frame
+    assert spent >= 0.018 * training  # and it spends it
+    # 56 steps of budget, less 5.6 for logging and 1 for the first frame, buy 49.4 / (1 + 3 *
+    # 0.3) = 26 Jacobian frames and 104 in all, less what planning in whole steps rounds off.
+    assert len(frames) >= 100 and len(fulls) >= 24
+    assert largest_gap(frames, total) <= 0.05
+    # Evenly: no Jacobian gap more than twice the mean one.
+    gaps = np.diff(fulls)
+    assert gaps.max() <= 2 * gaps.mean()
+
+
+def test_auto_cadence_expensive_probes_keep_the_gap_rule_where_affordable():
+    # Frames of 2 steps, Jacobian frames of 6: 20 frames (one every 5 %) cost 40 of the 56
+    # steps the budget allows, so the gap rule holds and the Jacobian frames get the rest
+    # (50 - 40 = 10 steps: two more at 4 steps over a frame each).
+    total, step = 2808, 0.014
+    frames, fulls, spent, training = simulate_cadence(
+        total, step, light=2 * step, full=6 * step, logging=0.0, first=6 * step)
+    assert spent <= 0.02 * training + 6 * step
+    assert largest_gap(frames, total) <= 0.05
+    assert len(fulls) >= 3
+    # Too expensive for the gap rule (a frame costs 10 steps): the budget wins, and what it
+    # pays for is still spread over the whole run, not spent at its start.
+    frames, fulls, spent, training = simulate_cadence(
+        total, step, light=10 * step, full=30 * step, logging=0.0, first=30 * step)
+    assert spent <= 0.02 * training + 10 * step
+    assert 2 <= len(frames) <= 7 and frames[-1] >= total / 2

@@ -1,9 +1,8 @@
 """The viewer's Qt-free parts: the run model, the collection and selection, the reader thread,
-the launcher, and the rule that the viewer never imports TensorFlow or Keras."""
+and the rule that the viewer never imports TensorFlow or Keras."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import struct
 import subprocess
@@ -15,7 +14,6 @@ import numpy as np
 import pytest
 
 from keras_rnnx.runlog import RunWriter
-from visualizer import launch
 from visualizer.follower import RunFollower
 from visualizer.model import (
     RunCollection,
@@ -286,53 +284,6 @@ def test_the_reader_thread_follows_a_run_being_written(tmp_path):
     finally:
         follower.stop()
     assert not follower.alive
-
-
-# ---- launching the viewer -----------------------------------------------------------------------
-
-
-def test_no_display_means_no_viewer_and_one_line_saying_why(monkeypatch, tmp_path, capsys):
-    monkeypatch.setattr(sys, "platform", "linux")
-    monkeypatch.delenv("DISPLAY", raising=False)
-    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
-    started = []
-    monkeypatch.setattr(launch.subprocess, "Popen", lambda *a, **k: started.append(a))
-    assert launch.open_viewer(tmp_path) is None
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "viewer not started: no display" in err
-    assert started == []
-    assert launch.display_problem({"WAYLAND_DISPLAY": "wayland-0"}, "linux") is None
-    assert launch.display_problem({}, "darwin") is None
-    assert launch.display_problem({}, "win32") is None
-
-
-def test_the_viewer_starts_detached_with_this_python(monkeypatch, tmp_path):
-    monkeypatch.setenv("DISPLAY", ":0")
-    monkeypatch.setattr(sys, "platform", "linux")
-    calls = []
-
-    class FakePopen:
-        def __init__(self, command, **options):
-            calls.append((command, options))
-
-    monkeypatch.setattr(launch.subprocess, "Popen", FakePopen)
-    process = launch.open_viewer(tmp_path / "run")
-    assert isinstance(process, FakePopen)
-    command, options = calls[0]
-    assert command == [sys.executable, "-m", "visualizer", str(tmp_path / "run")]
-    assert options["start_new_session"] is True
-    assert options["stdout"] is subprocess.DEVNULL and options["stderr"] is subprocess.DEVNULL
-
-
-def test_open_viewer_really_starts_python_m_visualizer(runs, tmp_path, monkeypatch):
-    monkeypatch.setenv("DISPLAY", os.environ.get("DISPLAY", ":99"))
-    monkeypatch.setenv("QT_QPA_PLATFORM", "offscreen")
-    out = tmp_path / "shot.png"
-    process = launch.open_viewer(runs / "lstm", extra_args=["--screenshot", str(out),
-                                                            "--size", "640x400"])
-    assert process is not None
-    assert process.wait(timeout=60) == 0
-    assert out.stat().st_size > 1000
 
 
 # ---- the viewer never imports TensorFlow or Keras -----------------------------------------------

@@ -1,8 +1,11 @@
-"""Starting the viewer from a training script, as a separate process (no Qt imported here).
+"""Starting the viewer from a training script, as a separate process.
 
-`RNNMonitor(..., open_viewer=True)` calls `open_viewer(run_dir)`. The viewer runs detached in
-its own session: training never waits on it, and closing it (or its crashing) cannot touch the
-training process. On a machine without a display nothing is started and one warning says why.
+`RNNMonitor(..., open_viewer=True)` and the examples' `--viz` call `open_viewer(run_dir)`,
+which runs `python -m visualizer RUN_DIR` detached in its own session: training never waits on
+it, and closing it (or its crashing) cannot touch the training process. This module lives in
+`keras_rnnx` and imports no `visualizer` module (nor Qt): the plugin never depends on the GUI
+package, it only asks whether PyQt6 and pyqtgraph are installed. On a machine without a
+display nothing is started and one line on stderr says why.
 """
 
 from __future__ import annotations
@@ -48,7 +51,9 @@ def open_viewer(
     """
     problem = display_problem()
     if problem is None:
-        missing = [m for m in ("PyQt6", "pyqtgraph") if importlib.util.find_spec(m) is None]
+        # `find_spec` of a top-level name looks for it without importing it.
+        missing = [m for m in ("visualizer", "PyQt6", "pyqtgraph")
+                   if importlib.util.find_spec(m) is None]
         if missing:
             problem = f"{' and '.join(missing)} not installed (pip install keras-rnnx[viz])"
     if problem is not None:
