@@ -1039,7 +1039,9 @@ def probe(model, x, y=None, *, layers=None, jacobian: bool = True,
         - `grad_norm`: (T,), the L2 norm of `grad_h[:, t, :]`, or None without `y`.
         - `jacobian_norm`: (B, T), the largest singular value of ∂s_t/∂s_{t-1} with s the
           states concatenated in state order (s_{-1} the initial state), or None.
-        - `recurrent_sigma_max`: `{block: σ_max}` of the recurrent kernel's column block.
+        - `recurrent_sigma_max`: `{block: σ_max}` of the recurrent kernel's column block
+          (h_{t-1} → block; for the LSTM variant FGR the gate recurrence G is not in it, while
+          `jacobian_norm` covers the full state [h, c, g]).
         - `recurrent_sigma_threshold`: `{block: 1/γ}` for the block's activation (1 for tanh,
           4 for sigmoid), None where γ is not known.
         - `weight_grad_norm`: `{"kernel" | "recurrent_kernel" | "bias": {block: norm}}`, or

@@ -225,7 +225,8 @@ class PeepholeLSTMCell(LSTMVariantCell):
     Gers & Schmidhuber, "Recurrent nets that time and count", 2000: the gates also see the
     cell state, i = σ(a_i + p_i ⊙ c_{t-1}), f = σ(a_f + p_f ⊙ c_{t-1}),
     o = σ(a_o + p_o ⊙ c_t). Same weights, states and arguments as `LSTMVariantCell` with
-    variant "V" (see there), which this class is.
+    variant "V" (see there), which this class is: every argument after `units` is a keyword
+    argument of `LSTMVariantCell`.
     """
 
     def __init__(self, units: int, **kwargs):
