@@ -31,6 +31,7 @@ FEATURES = ("in_string", "in_comment", "bracket_depth", "column", "indent")
 
 _OPENING = frozenset("([{")
 _CLOSING = frozenset(")]}")
+_PAIRS = {"(": ")", "[": "]", "{": "}"}
 # Python >= 3.12 splits f-strings (3.14 also t-strings) into START, MIDDLE and END tokens, with
 # the replacement fields tokenized as code in between; Python <= 3.11 gives one STRING token.
 # The whole literal, replacement fields included, counts as string on every version, so the
@@ -84,6 +85,7 @@ def code_features(source: str) -> dict[str, np.ndarray]:
     in_comment = np.zeros(n, dtype=np.int8)
     steps = np.zeros(n + 1, dtype=np.int32)  # +1 after an opening bracket, -1 after a closing
     open_literals: list[int] = []  # offsets of f-/t-string starts not yet closed
+    open_brackets: list[tuple[str, int]] = []  # (bracket, line) of those not yet closed
     try:
         for token in tokenize.generate_tokens(io.StringIO(source).readline):
             kind = token.type
@@ -99,15 +101,29 @@ def code_features(source: str) -> dict[str, np.ndarray]:
                 in_comment[offset(*token.start) : offset(*token.end)] = 1
             elif kind == tokenize.OP and token.string in _OPENING:
                 steps[offset(*token.start) + 1] += 1
+                open_brackets.append((token.string, token.start[0]))
             elif kind == tokenize.OP and token.string in _CLOSING:
                 steps[offset(*token.start) + 1] -= 1
-            elif kind == tokenize.ERRORTOKEN and not token.string.isspace():
-                # Python <= 3.11 reports a stray character or an unterminated single-quoted
-                # string this way instead of raising (3.12 raises).
+                row = token.start[0]
+                if not open_brackets:
+                    raise _rejected(lines, row, f"unmatched {token.string!r}")
+                bracket, opened = open_brackets.pop()
+                if _PAIRS[bracket] != token.string:
+                    raise _rejected(lines, row, f"{token.string!r} does not close {bracket!r} "
+                                                f"of line {opened}")
+            elif kind == tokenize.OP and token.string not in tokenize.EXACT_TOKEN_TYPES:
+                # Python >= 3.12 tokenizes a stray character such as "$" as an operator.
+                raise _rejected(lines, token.start[0], f"unexpected {token.string!r}")
+            elif kind == tokenize.ERRORTOKEN and token.string.strip(" \t\f"):
+                # Python <= 3.11 reports a stray character (a non-breaking space too) or an
+                # unterminated single-quoted string this way instead of raising (3.12 raises).
                 raise _rejected(lines, token.start[0], f"unexpected {token.string!r}")
     except tokenize.TokenError as error:
         message, (row, _) = error.args
-        raise _rejected(lines, row, message) from None
+        if open_brackets:  # "EOF in multi-line statement": name the bracket left open
+            bracket, row = open_brackets[-1]
+            message = f"{message}: {bracket!r} is never closed"
+        raise _rejected(lines, min(row, max(len(lines), 1)), message) from None
     except SyntaxError as error:  # IndentationError, and Python >= 3.12's tokenizer errors
         raise _rejected(lines, error.lineno or 1, error.msg) from None
 
@@ -179,7 +195,11 @@ def unit_correlations(states, feature) -> np.ndarray:
     # Constancy is tested exactly (max == min): a centred constant column is not exactly 0 in
     # floating point, and dividing its rounding noise by itself would give a spurious r.
     varying = x.max(axis=0) != x.min(axis=0)
-    xc = x[:, varying] - x[:, varying].mean(axis=0)
+    # r does not change when a column is scaled: scaling each to a largest |value| of 1
+    # keeps the products below from overflowing (1e200) or underflowing (1e-200).
+    x = x[:, varying] / np.abs(x[:, varying]).max(axis=0)
+    y = y / np.abs(y).max()
+    xc = x - x.mean(axis=0)
     yc = y - y.mean()
     denominator = np.sqrt((xc * xc).sum(axis=0) * (yc @ yc))
     r[varying] = np.clip((yc @ xc) / denominator, -1.0, 1.0)
@@ -228,8 +248,10 @@ def saturation(gates, low: float = 0.1, high: float = 0.9) -> tuple[np.ndarray, 
             f"Invalid value for argument `gates`: expected a non-empty numeric array whose last "
             f"axis is the units, got dtype {array.dtype} and shape {array.shape}."
         )
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise ValueError("Invalid value for argument `gates`: it holds NaN or Inf.")
     for name, value in (("low", low), ("high", high)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or np.isnan(value):
             raise ValueError(f"Invalid value for argument `{name}`: expected a number, got "
                              f"{value!r}.")
     if not low < high:
@@ -260,9 +282,10 @@ def match(states, start: int, stop: int, threshold: float, k: int) -> list[tuple
             f"Invalid values for arguments `start` and `stop`: expected 0 <= start < stop <= "
             f"{n} (the number of steps), got start={start}, stop={stop}."
         )
-    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real):
-        raise ValueError(f"Invalid value for argument `threshold`: expected a number, got "
-                         f"{threshold!r}.")
+    if (isinstance(threshold, bool) or not isinstance(threshold, numbers.Real)
+            or not np.isfinite(threshold)):
+        raise ValueError(f"Invalid value for argument `threshold`: expected a finite number, "
+                         f"got {threshold!r}.")
     length = stop - start
     on = x > threshold
     query = on[start:stop].all(axis=0)

@@ -105,11 +105,26 @@ def test_code_features_agree_with_a_scanner_and_tokenize_on_stdlib_files(path):
     lines = source.splitlines(keepends=True)
     starts = np.concatenate([[0], np.cumsum([len(line) for line in lines])])
     marked = {"in_string": np.zeros(len(source), bool), "in_comment": np.zeros(len(source), bool)}
+    # Python >= 3.12 gives an f-string as FSTRING_START ... FSTRING_END: the whole literal is
+    # one string, replacement fields included.
+    starts_of = {getattr(tokenize, n) for n in ("FSTRING_START", "TSTRING_START")
+                 if hasattr(tokenize, n)}
+    ends_of = {getattr(tokenize, n) for n in ("FSTRING_END", "TSTRING_END")
+               if hasattr(tokenize, n)}
+    literal_starts: list[int] = []
     for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        a = starts[token.start[0] - 1] + token.start[1]
+        b = starts[token.end[0] - 1] + token.end[1]
+        if token.type in starts_of:
+            literal_starts.append(a)
+            continue
+        if token.type in ends_of:
+            marked["in_string"][literal_starts.pop():b] = True
+            continue
+        if literal_starts:
+            continue
         name = {tokenize.STRING: "in_string", tokenize.COMMENT: "in_comment"}.get(token.type)
         if name is not None:
-            a = starts[token.start[0] - 1] + token.start[1]
-            b = starts[token.end[0] - 1] + token.end[1]
             assert source[a:b] == token.string
             marked[name][a:b] = True
     for name, mask in marked.items():
@@ -163,7 +178,11 @@ def test_code_features_of_empty_text_and_text_without_a_final_newline():
     "source, line",
     [
         ('x = 1\ny = """open\n', 2),
-        ("x = 1\nf(a,\n", 3),
+        ("x = 1\nf(a,\n", 2),
+        ("x = [1,\n  2\n", 1),
+        ("x = 1\ny = 2)\n", 2),
+        ("x = (1,\n  2]\n", 2),
+        ("x = 1\ny = \xa0 1\n", 2),
         ("if x:\n        a\n    b\n", 3),
         ("x = 1\ny = $\n", 2),
         ("x = 1\ny = 'open\n", 2),

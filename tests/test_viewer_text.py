@@ -483,6 +483,24 @@ def test_screenshot_of_the_text_panel_with_a_unit(tmp_path, capsys):
     assert "--feature: unknown feature 'depth'" in capsys.readouterr().err
 
 
+def test_screenshot_refuses_a_unit_out_of_range_or_for_another_panel(tmp_path, capsys):
+    write_corpus_run(tmp_path / "run").close()
+    out = tmp_path / "text.png"
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "run"), "--screenshot", str(out), "--panel", "text",
+              "--unit", "-1"])
+    assert "--unit" in capsys.readouterr().err
+    assert main([str(tmp_path / "run"), "--screenshot", str(out), "--panel", "text",
+                 "--unit", str(UNITS)]) == 2
+    assert f"--unit {UNITS}: the text panel's recording has {UNITS} units" \
+        in capsys.readouterr().err
+    assert not out.exists()
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "run"), "--screenshot", str(out), "--panel", "state_heatmap",
+              "--unit", "3"])
+    assert "--panel text" in capsys.readouterr().err
+
+
 def test_ranking_and_matching_import_neither_tensorflow_nor_keras(tmp_path):
     import subprocess
     import sys

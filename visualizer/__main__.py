@@ -32,6 +32,16 @@ def _size(text: str) -> tuple[int, int]:
     return width, height
 
 
+def _unit(text: str) -> int:
+    try:
+        unit = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a unit number, got {text!r}") from None
+    if unit < 0:
+        raise argparse.ArgumentTypeError(f"expected a unit number of 0 or more, got {unit}")
+    return unit
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rnnx-viz",
@@ -52,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--step", type=int, help="with --screenshot, the training step to show")
     parser.add_argument("--kind", help="the heatmap quantity: h, c, a gate name, grad_h (with "
                         "--panel text: the quantity colouring the text)")
-    parser.add_argument("--unit", type=int, help="the unit colouring the text panel")
+    parser.add_argument("--unit", type=_unit, help="the unit colouring the text panel")
     parser.add_argument("--feature", help="the code feature whose units the text panel lists "
                         "(in_string, in_comment, bracket_depth, column, indent); without "
                         "--unit, the text is coloured by its best unit")
@@ -72,6 +82,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if name not in PANEL_NAMES:
             build_parser().error(f"--panel: unknown panel {args.panel!r}; expected one of "
                                  f"{', '.join(PANEL_NAMES)}")
+    if (args.unit is not None or args.feature is not None) and args.panel is not None \
+            and args.panel.strip().lower() != "text":
+        build_parser().error("--unit and --feature choose what the text panel shows: use them "
+                             "with --panel text, or without --panel")
     if args.feature is not None:
         from keras_rnnx.interpret import FEATURES
 
@@ -89,12 +103,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.screenshot:
         from visualizer.screenshot import save_screenshot
 
-        out, messages = save_screenshot(
-            [args.path], args.screenshot, panel=args.panel, compare=args.compare,
-            size=args.size, layer=args.layer, sample=args.sample, step=args.step,
-            kind=args.kind, all_layers=args.all_layers, log_y=args.log_y, history=args.history,
-            unit=args.unit, feature=args.feature,
-        )
+        try:
+            out, messages = save_screenshot(
+                [args.path], args.screenshot, panel=args.panel, compare=args.compare,
+                size=args.size, layer=args.layer, sample=args.sample, step=args.step,
+                kind=args.kind, all_layers=args.all_layers, log_y=args.log_y,
+                history=args.history, unit=args.unit, feature=args.feature,
+            )
+        except ValueError as error:
+            print(f"rnnx-viz: error: {error}", file=sys.stderr)
+            return 2
         for severity, text in messages:
             print(f"rnnx-viz: {severity}: {text}", file=sys.stderr)
         print(out)

@@ -91,6 +91,9 @@ def save_screenshot(
                 target.refresh(force=True)
             text.jobs.wait()
         app.processEvents()
+        if unit is not None and text.frame_units is not None and unit >= text.frame_units:
+            raise ValueError(f"--unit {unit}: the text panel's recording has {text.frame_units} "
+                             f"units (0..{text.frame_units - 1})")
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
         if not target.grab().save(str(out), "PNG"):

@@ -512,6 +512,7 @@ class TextPanel(Panel):
         self.splitter.setStretchFactor(1, 1)
         self.body.addWidget(self.splitter)
         self.message = ""
+        self.frame_units: int | None = None  # units of the recording drawn last
 
     # ---- user → selection -------------------------------------------------------------------
 
@@ -519,7 +520,9 @@ class TextPanel(Panel):
         """Colours the text by `unit` (of `layer` when given) at the next tick."""
         if layer is not None:
             self.wanted_layer = layer
-        self.unit = max(int(unit), 0)
+        if int(unit) < 0:
+            raise ValueError(f"unit must be 0 or more, got {unit}")
+        self.unit = int(unit)
         if self.unit_box.value() != self.unit and self.unit <= self.unit_box.maximum():
             self.unit_box.blockSignals(True)
             self.unit_box.setValue(self.unit)
@@ -634,7 +637,7 @@ class TextPanel(Panel):
             self.set_heading("Text · " + " · ".join(parts))
             return
         frame_step, array = frame
-        units = int(array.shape[1])
+        units = self.frame_units = int(array.shape[1])
         if self.unit_box.maximum() != units - 1:
             self.unit_box.blockSignals(True)
             self.unit_box.setRange(0, max(units - 1, 0))
