@@ -39,6 +39,7 @@ from pathlib import Path
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 import numpy as np  # noqa: E402
+from machine import describe  # noqa: E402
 
 
 def rss_mib() -> float:
@@ -349,7 +350,6 @@ def text_panel(characters: int, layers: int, units: int, frames: int, repeats: i
         first_draw = time.perf_counter() - started
         app.processEvents()
         # The timer keeps ticking while the worker ranks 512 units by 5 features.
-        gaps: list[float] = []
         stamps = [time.perf_counter()]
         window.timer.timeout.connect(lambda: stamps.append(time.perf_counter()))
         started = time.perf_counter()
@@ -369,11 +369,11 @@ def text_panel(characters: int, layers: int, units: int, frames: int, repeats: i
         match_seconds = time.perf_counter() - started
         rss_open = rss_mib()
 
-        def scroll_pass() -> float:
+        def scroll_pass(bar=bar, view=canvas) -> float:
             start = time.perf_counter()
             for k in range(frames):
                 bar.setValue((k * 37) % max(bar.maximum(), 1))
-                canvas.viewport().repaint()
+                view.viewport().repaint()
             return frames / (time.perf_counter() - start)
 
         def unit_pass() -> float:
@@ -394,11 +394,7 @@ def text_panel(characters: int, layers: int, units: int, frames: int, repeats: i
         plain_bar = plain.verticalScrollBar()
 
         def plain_pass() -> float:
-            start = time.perf_counter()
-            for k in range(frames):
-                plain_bar.setValue((k * 37) % max(plain_bar.maximum(), 1))
-                plain.viewport().repaint()
-            return frames / (time.perf_counter() - start)
+            return scroll_pass(plain_bar, plain)
 
         scroll_pass(), unit_pass(), plain_pass()  # warm-up
         scroll, unit, baseline = [], [], []
@@ -458,21 +454,19 @@ def main() -> None:
         memory_profile(args.memory[0], args.memory[1], int(args.memory[2]))
         return
     if args.text:
-        import platform
-
-        print(f"rnnx-viz benchmark on {platform.machine()}, {os.cpu_count()} CPUs, "
-              f"Qt platform {os.environ.get('QT_QPA_PLATFORM')}")
+        banner()
         print_text_panel(args.quick)
         return
     main_benchmark(args.quick)
 
 
-def main_benchmark(quick: bool) -> None:
-    import platform
+def banner() -> None:
+    print(f"rnnx-viz benchmark on {describe()}, Qt platform {os.environ.get('QT_QPA_PLATFORM')}")
 
+
+def main_benchmark(quick: bool) -> None:
     layers, units, timesteps = 4, (128 if quick else 512), (250 if quick else 1000)
-    print(f"rnnx-viz benchmark on {platform.machine()}, {os.cpu_count()} CPUs, "
-          f"Qt platform {os.environ.get('QT_QPA_PLATFORM')}")
+    banner()
 
     fps = redraw_rate(layers, units, timesteps, redraws=10 if quick else 30,
                       repeats=2 if quick else 5)

@@ -23,7 +23,6 @@ steps instead of S×S Jacobians and an eigendecomposition (`closed_form_norms`).
 
 from __future__ import annotations
 
-import keras
 import numpy as np
 import tensorflow as tf
 
@@ -44,13 +43,10 @@ RESTART = 1
 
 def closed_form_kind(cell, kind: str) -> str | None:
     """`kind` if `cell` is exactly that lecture cell with tanh/sigmoid in float32, else None."""
-    from keras_rnnx.cells import CELL_KINDS
+    from keras_rnnx.rnn import native_cell_kind
 
-    if (kind not in KINDS or type(cell) is not CELL_KINDS[kind]
-            or cell.compute_dtype != "float32" or cell.variable_dtype != "float32"
-            or cell.activation is not keras.activations.tanh
-            or getattr(cell, "recurrent_activation", keras.activations.sigmoid)
-            is not keras.activations.sigmoid):
+    if (kind not in KINDS or native_cell_kind(cell) != kind
+            or cell.compute_dtype != "float32" or cell.variable_dtype != "float32"):
         return None
     return kind
 

@@ -71,6 +71,7 @@ from keras import ops
 
 from keras_rnnx import _jacobian, _validation
 from keras_rnnx.cells import CELL_KINDS, LectureCell
+from keras_rnnx.cells.lstm_variants import _PEEPHOLE_NAMES
 
 __all__ = ["Probe", "Trace", "get_probe", "probe", "probed_layers"]
 
@@ -87,8 +88,7 @@ _GAMMA = {
 
 _PATCH_LOCK = threading.RLock()
 
-_PEEPHOLE_GATE = {"i": "input", "f": "forget", "o": "output"}
-_PEEPHOLE_GATE_OF = {f"{v}_gate_peephole_weights": k for k, v in _PEEPHOLE_GATE.items()}
+_PEEPHOLE_GATE_OF = {name: gate for gate, name in _PEEPHOLE_NAMES.items()}
 
 
 def _activation_name(fn) -> str:
@@ -165,7 +165,7 @@ class _LectureReader(_CellReader):
         cell = self.cell
         # The LSTM variants' peephole vectors and full-gate-recurrence matrix G.
         for gate in getattr(cell, "peephole_gates", ()):
-            name = f"{_PEEPHOLE_GATE[gate]}_gate_peephole_weights"
+            name = _PEEPHOLE_NAMES[gate]
             weights[name] = getattr(cell, name)
         if getattr(cell, "gate_recurrent_kernel", None) is not None:
             weights["gate_recurrent_kernel"] = cell.gate_recurrent_kernel
@@ -505,15 +505,9 @@ def _native_probe_kind(target: _Target, mask, dtype):
         return None
     reader = target.readers[0]
     cell = reader.cell
-    kind = rnn._NATIVE_CELLS.get(type(cell))
-    if (kind is None or cell.activation is not keras.activations.tanh
-            or getattr(cell, "recurrent_activation", keras.activations.sigmoid)
-            is not keras.activations.sigmoid or cell.recurrent_kernel.dtype != "float32"
-            or tf.config.list_logical_devices("GPU")):
-        return None
-    from tensorflow.python.ops import control_flow_util
-
-    if control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()):
+    kind = rnn.native_cell_kind(cell)
+    if (kind is None or cell.recurrent_kernel.dtype != "float32"
+            or not rnn._cpu_outside_xla()):
         return None
     module = _native.load()
     return None if module is None else (module, kind, reader)

@@ -155,6 +155,11 @@ def _rejected(lines: list[str], row: int, message: str) -> ValueError:
     )
 
 
+def _check_finite(array: np.ndarray, name: str) -> None:
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise ValueError(f"Invalid value for argument `{name}`: it holds NaN or Inf.")
+
+
 def _states(states, name: str = "states") -> np.ndarray:
     array = np.asarray(states)
     if array.ndim != 2 or array.dtype.kind not in "fiub":
@@ -162,8 +167,7 @@ def _states(states, name: str = "states") -> np.ndarray:
             f"Invalid value for argument `{name}`: expected a 2-D numeric array (N steps, "
             f"U units), got dtype {array.dtype} and shape {array.shape}."
         )
-    if array.dtype.kind == "f" and not np.isfinite(array).all():
-        raise ValueError(f"Invalid value for argument `{name}`: it holds NaN or Inf.")
+    _check_finite(array, name)
     return array
 
 
@@ -174,8 +178,7 @@ def _feature(feature, n: int, name: str = "feature") -> np.ndarray:
             f"Invalid value for argument `{name}`: expected a numeric array of shape ({n},), "
             f"one value per step of `states`, got dtype {array.dtype} and shape {array.shape}."
         )
-    if array.dtype.kind == "f" and not np.isfinite(array).all():
-        raise ValueError(f"Invalid value for argument `{name}`: it holds NaN or Inf.")
+    _check_finite(array, name)
     return array
 
 
@@ -189,6 +192,11 @@ def unit_correlations(states, feature) -> np.ndarray:
     """
     x = _states(states).astype(np.float64)
     y = _feature(feature, x.shape[0]).astype(np.float64)
+    return _pearson(x, y)
+
+
+def _pearson(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """`unit_correlations` of (N, U) `x` and (N,) `y`, both float64 and already checked."""
     r = np.zeros(x.shape[1], dtype=np.float64)
     if x.shape[0] == 0 or y.max() == y.min():
         return r
@@ -226,9 +234,11 @@ def top_units(states, features, k: int) -> dict[str, tuple[np.ndarray, np.ndarra
             f"Invalid value for argument `features`: expected a non-empty dict of name to (N,) "
             f"array, got {type(features).__name__}."
         )
+    x64 = x.astype(np.float64)
     out = {}
     for name, feature in features.items():
-        r = unit_correlations(x, _feature(feature, x.shape[0], f"features[{name!r}]"))
+        y = _feature(feature, x.shape[0], f"features[{name!r}]").astype(np.float64)
+        r = _pearson(x64, y)
         order = np.argsort(-np.abs(r), kind="stable")[:k]
         out[name] = (order.astype(np.int64), r[order])
     return out
@@ -248,8 +258,7 @@ def saturation(gates, low: float = 0.1, high: float = 0.9) -> tuple[np.ndarray, 
             f"Invalid value for argument `gates`: expected a non-empty numeric array whose last "
             f"axis is the units, got dtype {array.dtype} and shape {array.shape}."
         )
-    if array.dtype.kind == "f" and not np.isfinite(array).all():
-        raise ValueError("Invalid value for argument `gates`: it holds NaN or Inf.")
+    _check_finite(array, "gates")
     for name, value in (("low", low), ("high", high)):
         if isinstance(value, bool) or not isinstance(value, numbers.Real) or np.isnan(value):
             raise ValueError(f"Invalid value for argument `{name}`: expected a number, got "

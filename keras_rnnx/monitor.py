@@ -375,7 +375,7 @@ class RNNMonitor(keras.callbacks.Callback):
         self._epoch_base = 0
         self._next_probe = 0
         self._probe_steps: list[int] = []
-        self._full_steps: list[int] = []  # steps of the frames with the Jacobian norms
+        self._jacobian_frames = 0  # frames with the Jacobian norms
         self._clock = 0.0
         self._spent = 0.0
         self._traced = 0.0
@@ -571,7 +571,7 @@ class RNNMonitor(keras.callbacks.Callback):
                 "setup_seconds": round(self._setup_spent, 4),
                 "writer_cpu_seconds": round(self._writer.cpu_seconds - self._writer_cpu_base, 4),
                 "training_seconds": round(self._training_seconds(), 4),
-                "jacobian_frames": len(self._full_steps),
+                "jacobian_frames": self._jacobian_frames,
                 "interval": self.interval, "dropped_frames": self.dropped_frames,
                 "nonfinite_arrays": self.nonfinite_count,
                 **({} if self.corpus is None else {
@@ -684,7 +684,7 @@ class RNNMonitor(keras.callbacks.Callback):
         self._last_frame = self._step
         if full and trace is not None:
             self._last_full = self._step
-            self._full_steps.append(self._step)
+            self._jacobian_frames += 1
         return trace
 
     def _probe_now(self, full: bool):

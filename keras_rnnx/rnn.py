@@ -23,6 +23,31 @@ _NATIVE_CELLS = {ForgetGateLSTMCell: "forget", OriginalLSTMCell: "original", CEC
                  VanillaRNNCell: "vanilla"}
 
 
+def native_cell_kind(cell) -> str | None:
+    """The compiled kernels' name for `cell` if it is exactly one of the four lecture cells
+    with tanh and sigmoid activations, else None (dtypes, backend and device not checked)."""
+    kind = _NATIVE_CELLS.get(type(cell))
+    if (kind is None or cell.activation is not keras.activations.tanh
+            or getattr(cell, "recurrent_activation", keras.activations.sigmoid)
+            is not keras.activations.sigmoid):
+        return None
+    return kind
+
+
+def _cpu_outside_xla() -> bool:
+    """Whether TensorFlow sees no GPU and the current graph is not compiled by XLA.
+
+    Raises ImportError where TensorFlow lacks the module that tells the XLA context.
+    """
+    import tensorflow as tf
+
+    if tf.config.list_logical_devices("GPU"):
+        return False
+    from tensorflow.python.ops import control_flow_util
+
+    return not control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
+
+
 @keras.saving.register_keras_serializable(package="keras_rnnx")
 class RNN(keras.layers.RNN):
     """A drop-in `keras.layers.RNN`: same arguments, weights, configuration and outputs.
@@ -135,23 +160,15 @@ class RNN(keras.layers.RNN):
         """The compiled kernels' name for this layer's cell, or None where they cannot train it
         (inputs and states are in the cell's compute dtype by now; graph or eager, not XLA)."""
         cell = self.cell
-        kind = _NATIVE_CELLS.get(type(cell))
+        kind = native_cell_kind(cell)
         if (kind is None or keras.backend.backend() != "tensorflow" or self.unroll
-                or cell.activation is not keras.activations.tanh
-                or getattr(cell, "recurrent_activation", keras.activations.sigmoid)
-                is not keras.activations.sigmoid
                 or cell.compute_dtype != "float32" or cell.recurrent_kernel.dtype != "float32"):
             return None
-        import tensorflow as tf
-
-        if tf.config.list_logical_devices("GPU"):
-            return None
         try:
-            from tensorflow.python.ops import control_flow_util
+            outside = _cpu_outside_xla()
         except ImportError:  # cannot tell whether XLA compiles this graph: stay on the safe side
             return None
-        in_xla = control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
-        return None if in_xla else kind
+        return kind if outside else None
 
     def _native_loop(self, module, kind, projected, recurrent_kernel, initial_state):
         import tensorflow as tf

@@ -317,6 +317,16 @@ def _is_name(value: Any) -> bool:
     return isinstance(value, str) and bool(value)
 
 
+def _check_names(**values: Any) -> None:
+    """Raises for the first of `values` (argument name -> value) that is not a name."""
+    for argument, value in values.items():
+        if not _is_name(value):
+            raise ValueError(
+                f"Invalid value for argument `{argument}`: expected a non-empty string, "
+                f"got {value!r}."
+            )
+
+
 # --------------------------------------------------------------------------------------------
 # Writer
 
@@ -452,12 +462,7 @@ class RunWriter:
         array's axes (e.g. `("batch", "time", "unit")`). The array is stored as little-endian
         C-order bytes; NaN and Inf are stored as they are.
         """
-        for argument, value in (("kind", kind), ("layer", layer)):
-            if not _is_name(value):
-                raise ValueError(
-                    f"Invalid value for argument `{argument}`: expected a non-empty string, "
-                    f"got {value!r}."
-                )
+        _check_names(kind=kind, layer=layer)
         step = _check_step(step)
         array = _storable(array, f"frame {kind!r} of layer {layer!r}")
         header: dict[str, Any] = {"type": "frame", "kind": kind, "layer": layer, "step": step}
@@ -481,10 +486,7 @@ class RunWriter:
         `MAX_CORPUS_CHARACTERS`); it is stored as UTF-8. `meta` (a JSON-serializable dict)
         describes it, e.g. where it comes from and the window length.
         """
-        if not _is_name(name):
-            raise ValueError(
-                f"Invalid value for argument `name`: expected a non-empty string, got {name!r}."
-            )
+        _check_names(name=name)
         if not isinstance(text, str) or not text:
             raise ValueError(
                 f"Invalid value for argument `text`: expected a non-empty str, got "
@@ -517,12 +519,7 @@ class RunWriter:
         of a float dtype; `kind` is a state or gate name. When this writer stored the corpus,
         N must be its length.
         """
-        for argument, value in (("kind", kind), ("layer", layer), ("corpus", corpus)):
-            if not _is_name(value):
-                raise ValueError(
-                    f"Invalid value for argument `{argument}`: expected a non-empty string, "
-                    f"got {value!r}."
-                )
+        _check_names(kind=kind, layer=layer, corpus=corpus)
         step = _check_step(step)
         array = _storable(array, f"corpus frame {kind!r} of layer {layer!r}")
         if array.ndim != 2 or array.dtype.kind != "f":
@@ -544,10 +541,7 @@ class RunWriter:
         self, name: str, data: Mapping[str, Any] | None = None, *, step: int | None = None
     ) -> None:
         """Stores an event, e.g. `write_event("dropped_frames", {"count": 3}, step=1200)`."""
-        if not _is_name(name):
-            raise ValueError(
-                f"Invalid value for argument `name`: expected a non-empty string, got {name!r}."
-            )
+        _check_names(name=name)
         if step is not None:
             step = _check_step(step)
         data = {} if data is None else data

@@ -8,6 +8,7 @@ into "the newest frame at the next tick" instead of a backlog of redraws.
 
 from __future__ import annotations
 
+import html
 import os
 import sys
 import time
@@ -356,8 +357,9 @@ class MainWindow(QtWidgets.QMainWindow):
         entries = []
         for run in c.shown_runs():
             color = run_color(c.color_index(run))
+            name = html.escape(run.name, quote=False)
             entries.append(f'<span style="color:{color}; font-size:14pt">■</span>&nbsp;'
-                           f'{_html(run.name)} <span style="color:#777">[{run.status}]</span>')
+                           f'{name} <span style="color:#777">[{run.status}]</span>')
         follow = " · following the newest run" if c.follow_newest else ""
         self.legend.setText("&nbsp;&nbsp;&nbsp;".join(entries) + follow if entries else "")
         self.legend.setVisible(bool(entries))
@@ -710,10 +712,6 @@ def _swatch(color: str) -> QtGui.QIcon:
     pixmap = QtGui.QPixmap(12, 12)
     pixmap.fill(QtGui.QColor(color))
     return QtGui.QIcon(pixmap)
-
-
-def _html(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def make_application(argv: Sequence[str] | None = None) -> QtWidgets.QApplication:

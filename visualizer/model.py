@@ -294,6 +294,7 @@ class RunModel:
         self._lock = threading.Lock()
         self._modified: float | None = None  # the log's mtime when last polled (Unix seconds)
         self._has_data = False
+        self._steps_cache: tuple[int, np.ndarray] | None = None  # (version, steps())
 
     def __repr__(self) -> str:
         return f"RunModel({str(self.path)!r}, status={self.status!r})"
@@ -512,12 +513,23 @@ class RunModel:
         return [str(t) for t in row] if isinstance(row, list) else None
 
     def steps(self) -> np.ndarray:
-        """Training steps that have frames (kept ones, corpus-probe frames too), sorted."""
+        """Training steps that have frames (kept ones, corpus-probe frames too), sorted.
+
+        Cached per `version` (which every change of the reader's data bumps); read-only.
+        """
+        version = self.version  # read first: a refresh racing this call bumps it afterwards
+        cached = self._steps_cache
+        if cached is not None and cached[0] == version:
+            return cached[1]
         reader = self._reader
         if reader is None:
             return np.empty(0, np.int64)
         corpus = [reader.corpus_steps(name) for name in reader.corpora()]
-        return np.unique(np.concatenate([reader.steps(), *corpus])) if corpus else reader.steps()
+        steps = (np.unique(np.concatenate([reader.steps(), *corpus])) if corpus
+                 else reader.steps())
+        steps.flags.writeable = False
+        self._steps_cache = (version, steps)
+        return steps
 
     def frame(
         self, kind: str, layer: str, step: int | None = None

@@ -34,7 +34,6 @@ __all__ = [
     "context",
     "corpus_view",
     "feature_ranking",
-    "finite_or_message",
     "layout_for",
     "layout_text",
     "layout_tokens",
@@ -369,14 +368,4 @@ def context(text: str, layout: TextLayout, start: int, stop: int, around: int = 
 def _token_text(layout: TextLayout, item: int) -> str:
     row, col = layout.line_span(item)
     return layout.lines[row][col:col + int(layout.width[item])]
-
-
-def finite_or_message(array: np.ndarray) -> str | None:
-    """None when `array` is finite, else a sentence on where NaN/Inf are."""
-    bad = ~np.isfinite(np.asarray(array, dtype=np.float32))
-    if not bad.any():
-        return None
-    rows = np.flatnonzero(bad.any(axis=1))
-    return (f"{int(bad.sum())} NaN/Inf values (characters {int(rows[0])}–{int(rows[-1])}): "
-            f"the ranking and matching need finite states")
 

@@ -178,8 +178,8 @@ class LectureCell(DropoutRNNCell, keras.layers.Layer):
         return new_states[0], new_states
 
     def get_initial_state(self, batch_size=None):
-        return [ops.zeros((batch_size, self.units), dtype=self.compute_dtype)
-                for _ in self.state_names]
+        return [ops.zeros((batch_size, size), dtype=self.compute_dtype)
+                for size in self.state_size]
 
     def get_config(self):
         config = {

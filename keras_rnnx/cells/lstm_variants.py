@@ -91,13 +91,13 @@ class LSTMVariantCell(GatedCell):
     Speed. `keras_rnnx.RNN` trains these cells on Keras's generic loop, as
     `keras.layers.RNN` does; the compiled kernels cover the four lecture cells only.
     Measured with `benchmarks/variants.py` (one training step, T = 100, 64 units, batch 64,
-    median of 15 interleaved rounds, on a 2-core AMD EPYC shared with other jobs, load
-    average about 5): `keras.layers.RNN(V)` 44.8 ms, the hoisted-projection loop that the
-    lecture cells take without kernels 55.2 ms for V (1.23x; 2x in one run at T = 500),
-    and the compiled kernels' `rx.RNN(ForgetGateLSTMCell)` 26.6 ms (0.59x). So the variants
-    keep the faster generic loop; kernels for them would make V about 2x faster, but
-    peepholes, CIFG and FGR change the backward pass of every gate: nine variants of kernels
-    to keep equal to this class.
+    median of 15 interleaved rounds, one run on a 2-core AMD EPYC with AVX-512, load average
+    about 1): `keras.layers.RNN(V)` 31.5 ms, the hoisted-projection loop that the lecture
+    cells take without kernels 34.7 ms for V (1.10x; 1.23x in a run under load), and the
+    compiled kernels' `rx.RNN(ForgetGateLSTMCell)` 18.8 ms (0.60x). So the variants keep the
+    generic loop; kernels for them would make V about 1.7x faster, but peepholes, CIFG and
+    FGR change the backward pass of every gate: nine variants of kernels to keep equal to
+    this class.
 
     Args:
         units: positive integer, size of h and c.
@@ -196,10 +196,6 @@ class LSTMVariantCell(GatedCell):
         if self.variant == "FGR":
             return [h, c, ops.concatenate([i, f, o], axis=-1)], gates
         return [h, c], gates
-
-    def get_initial_state(self, batch_size=None):
-        return [ops.zeros((batch_size, size), dtype=self.compute_dtype)
-                for size in self.state_size]
 
     def get_config(self):
         config = {

@@ -39,6 +39,7 @@ __all__ = [
     "dress",
     "plain_axes",
     "run_pen",
+    "series_pen",
     "set_time_ticks",
     "time_plot",
     "value_plot",
@@ -119,6 +120,17 @@ def style_pen(name: str, block_index: int) -> QtGui.QPen:
     """The neutral pen that stands for gate block `name` in a legend of line styles."""
     pen = pg.mkPen("#DDDDDD", width=2)
     pen.setStyle(block_style(name, block_index))
+    return pen
+
+
+def series_pen(
+    name: str, block_index: int, run_index: int, single: bool, legend: list
+) -> QtGui.QPen:
+    """The pen of gate block `name` of run `run_index` (`single`: the only run on the plot), and
+    its `(pen, name)` entry added to `legend` unless the block already has one."""
+    pen = block_pen(name, block_index, 0) if single else compare_pen(name, block_index, run_index)
+    if not any(label == name for _, label in legend):
+        legend.append((pen if single else style_pen(name, block_index), name))
     return pen
 
 

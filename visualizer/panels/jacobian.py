@@ -17,14 +17,12 @@ from visualizer.model import RunCollection
 from visualizer.panels.base import (
     Panel,
     block_order,
-    block_pen,
-    compare_pen,
     dress,
     format_value,
     outside_legend,
     run_pen,
+    series_pen,
     set_time_ticks,
-    style_pen,
     time_plot,
 )
 
@@ -141,14 +139,11 @@ class JacobianPanel(Panel):
             cell_thresholds = run.sigma_thresholds(layer, sigmas.shape[1])
             for block, name in enumerate(names):
                 # One run: a colour per block. Several: the run's colour, a line style per block.
-                pen = block_pen(name, block, 0) if len(runs) == 1 else \
-                    compare_pen(name, block, index)
+                pen = series_pen(name, block, index, len(runs) == 1, legend)
                 item = self.sigma_plot.plot(
                     steps.astype(np.float64), sigmas[:, block], connect="finite", pen=pen,
                     name=f"σ_max {name}" if len(runs) == 1 else f"σ_max {run.name}: {name}",
                 )
-                if not any(label == name for _, label in legend):
-                    legend.append((pen if len(runs) == 1 else style_pen(name, block), name))
                 self._sigma_items.append(item)
                 threshold = cell_thresholds[block]
                 if threshold is not None:

@@ -18,6 +18,7 @@ the matching run in a worker thread (NumPy only); the canvas colours only what i
 
 from __future__ import annotations
 
+import functools
 import math
 import queue
 import threading
@@ -57,13 +58,16 @@ MATCHES = 10
 RANKED_SHOWN = 25
 
 
+@functools.lru_cache(maxsize=None)
 def panel_lut(colormap: str) -> np.ndarray:
     """The (256, 4) uint8 lookup table of the Text panel for a pyqtgraph colour map name:
-    entry k is the map at k/255, mixed with white by `LIGHTEN`."""
+    entry k is the map at k/255, mixed with white by `LIGHTEN`. Cached, so read-only."""
     table = pg.colormap.get(colormap).getLookupTable(nPts=256, alpha=True).astype(np.float64)
     table[:, :3] = LIGHTEN * 255.0 + (1.0 - LIGHTEN) * table[:, :3]
     table[:, 3] = 255
-    return np.round(table).astype(np.uint8)
+    lut = np.round(table).astype(np.uint8)
+    lut.flags.writeable = False
+    return lut
 
 
 def _lut_colormap(lut: np.ndarray) -> pg.ColorMap:
@@ -511,8 +515,10 @@ class TextPanel(Panel):
         self.splitter.setStretchFactor(0, 3)
         self.splitter.setStretchFactor(1, 1)
         self.body.addWidget(self.splitter)
-        self.message = ""
         self.frame_units: int | None = None  # units of the recording drawn last
+        # (reader, run version, view): the corpus view notice_text computed, which redraw (run
+        # right after it by Panel.refresh) reuses instead of computing it again
+        self._notice_view: tuple[Any, int, Any] | None = None
 
     # ---- user → selection -------------------------------------------------------------------
 
@@ -583,12 +589,15 @@ class TextPanel(Panel):
     # ---- model → view (on the timer) --------------------------------------------------------
 
     def notice_text(self) -> str | None:
+        self._notice_view = None
         base = super().notice_text()
         if base:
             return base
         primary = self.collection.primary
-        view = corpus_view(primary.reader if primary else None,
-                           primary.problems if primary else ())
+        reader = primary.reader if primary else None
+        view = corpus_view(reader, primary.problems if primary else ())
+        if primary is not None:
+            self._notice_view = (reader, primary.version, view)
         return view.message
 
     def redraw(self) -> None:
@@ -600,7 +609,11 @@ class TextPanel(Panel):
             self.shown = {}
             return
         reader = primary.reader
-        view = corpus_view(reader, primary.problems)
+        noticed, self._notice_view = self._notice_view, None
+        if noticed is not None and noticed[0] is reader and noticed[1] == primary.version:
+            view = noticed[2]
+        else:
+            view = corpus_view(reader, primary.problems)
         if view.message is not None or view.text is None:
             self.set_heading(f"Text · {primary.name}")
             self.canvas.set_layout(None)
@@ -652,8 +665,7 @@ class TextPanel(Panel):
             self._levels_cache[levels_key] = text_levels(kind, info, array)
         low, high, squash = self._levels_cache[levels_key]
         colormap = SEQUENTIAL if low >= 0 else DIVERGING
-        lut = panel_lut(colormap) if self._bar_key is None or self._bar_key[0] != colormap \
-            else self._lut
+        lut = panel_lut(colormap)
         colour_key = (id(array), unit, low, high, colormap, squash)
         if colour_key != self._colour_key:
             self._colour_key = colour_key
@@ -661,7 +673,7 @@ class TextPanel(Panel):
         label = f"{'tanh(c)' if squash else kind} ∈ [{low:g}, {high:g}]"
         bar_key = (colormap, low, high, label)
         if bar_key != self._bar_key:
-            self._bar_key, self._lut = bar_key, lut
+            self._bar_key = bar_key
             self.bar.setColorMap(_lut_colormap(lut))
             self.bar.setLevels((low, high))
             self.bar.getAxis("left").setLabel(label)
@@ -670,8 +682,8 @@ class TextPanel(Panel):
                           colormap=colormap, lut=lut, units=units)
         parts += [f"unit {unit} of {units}", f"step {frame_step}"]
         self.set_heading("Text · " + " · ".join(parts))
-        self._draw_ranking(primary, view, layer, kind, frame_step, array, layout)
-        self._draw_match(primary, view, layer, kind, frame_step, array, layout)
+        self._draw_ranking(view, layer, kind, frame_step, array, layout)
+        self._draw_match(view, kind, array, layout)
 
     def _sync_layers(self, layers: list[str]) -> str:
         current = [self.layer_box.itemText(i) for i in range(self.layer_box.count())]
@@ -731,7 +743,7 @@ class TextPanel(Panel):
         `("error", message)`, or None while it is being computed."""
         return self.jobs.get(self.ranking_key())
 
-    def _draw_ranking(self, primary, view, layer, kind, step, array, layout) -> None:
+    def _draw_ranking(self, view, layer, kind, step, array, layout) -> None:
         if layout.tokens:
             key = ("tokens", self._layout_key)
             if self._drawn_ranking != key:
@@ -778,7 +790,7 @@ class TextPanel(Panel):
         while it is computed (or no span is selected)."""
         return self.jobs.get(self.match_key()) if self.span else None
 
-    def _draw_match(self, primary, view, layer, kind, step, array, layout) -> None:
+    def _draw_match(self, view, kind, array, layout) -> None:
         span = self.span
         if span is not None and not 0 <= span[0] < span[1] <= layout.count:
             span = self.span = None

@@ -22,12 +22,10 @@ from visualizer.panels.base import (
     LogMarks,
     Panel,
     block_order,
-    block_pen,
-    compare_pen,
     dress,
     format_value,
     outside_legend,
-    style_pen,
+    series_pen,
     value_plot,
 )
 
@@ -161,16 +159,12 @@ class WeightGradsPanel(Panel):
             layer = self.collection.layer_for(run)
             if layer is None:
                 continue
+            color = self.collection.color_index(run)
             for key in PLOT_KEYS:
                 plot = self.plots[key]
                 for kind, steps, values, names in self._sources(run, layer, key):
                     for block, name in enumerate(names):
-                        color = self.collection.color_index(run)
-                        pen = block_pen(name, block, 0) if len(runs) == 1 else \
-                            compare_pen(name, block, color)
-                        if not any(label == name for _, label in legend):
-                            legend.append((pen if len(runs) == 1 else style_pen(name, block),
-                                           name))
+                        pen = series_pen(name, block, color, len(runs) == 1, legend)
                         curve_key = (index, run.name, kind, block, name, len(runs))
                         wanted.add(curve_key)
                         label = f"p_{name}" if key == PEEPHOLE_PLOT else name
