@@ -336,7 +336,9 @@ class MainWindow(QtWidgets.QMainWindow):
                     self.runs_list.addItem(item)
                 if item.text() != text:
                     item.setText(text)
-                    item.setToolTip(run.status_detail())
+                detail = run.status_detail()
+                if item.toolTip() != detail:
+                    item.setToolTip(detail)
                 state = QtCore.Qt.CheckState.Checked if id(run) in shown else \
                     QtCore.Qt.CheckState.Unchecked
                 if item.checkState() != state:
