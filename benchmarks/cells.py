@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import time
 
@@ -34,6 +33,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from machine import describe  # noqa: E402
 
 import keras_rnnx as rx  # noqa: E402
 from keras_rnnx import _native  # noqa: E402
@@ -207,7 +207,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     kinds = ["vanilla", "cec", "original", "forget"]
     with_torch = not args.no_torch
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs; tensorflow {tf.__version__}, "
+    print(f"machine: {describe()}; tensorflow {tf.__version__}, "
           f"keras {keras.__version__}, numpy {np.__version__}")
     size, repeats = (256, 2) if args.quick else (2048, 3)
     peak = matmul_gflops(size, repeats)

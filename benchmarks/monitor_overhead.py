@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from machine import describe
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -121,7 +122,7 @@ def main(argv=None):
     print(f"RNNMonitor overhead: {args.cell} cell, T={args.lag}, units {args.units}, batch "
           f"{args.batch}, {args.epochs} epochs × {args.steps} steps = {steps} steps per fit, "
           f"probe batch 8, {args.pairs} rounds in ABBA order; tensorflow {tf.__version__}, "
-          f"keras {keras.__version__}, {os.cpu_count()} CPUs", flush=True)
+          f"keras {keras.__version__}, {describe()}", flush=True)
 
     # All models first: `set_random_seed` empties TensorFlow's cache of instantiated graph
     # functions, which would make the next fit of an already warmed model slow again.

@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import time
 
 import numpy as np
+from machine import describe
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -193,8 +193,7 @@ def main(argv=None):
     kinds = list(rx.CELL_KINDS)
     print(f"probe cost: B={args.batch} T={args.timesteps} U={args.units} D={args.input_dim}, "
           f"{args.repeats} interleaved repeats ({args.jac_repeats} for probe jac); tensorflow "
-          f"{tf.__version__}, keras {keras.__version__}, {os.cpu_count()} CPUs "
-          f"({platform.machine()})", flush=True)
+          f"{tf.__version__}, keras {keras.__version__}, {describe()}", flush=True)
 
     # All models first: `set_random_seed` empties TensorFlow's cache of instantiated graph
     # functions, so seeding between calls would make the next call of every graph slow again.

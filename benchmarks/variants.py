@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import time
 
@@ -30,6 +29,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+from machine import describe  # noqa: E402
 
 import keras_rnnx as rx  # noqa: E402
 from keras_rnnx import _native  # noqa: E402
@@ -46,17 +46,6 @@ def model(layer, steps, features):
     m = keras.Sequential([keras.Input((steps, features)), layer, keras.layers.Dense(1)])
     m.compile(optimizer="adam", loss="mse")
     return m
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main(argv=None):
@@ -95,7 +84,7 @@ def main(argv=None):
                 m.train_on_batch(x, y)
             times[name].append((time.perf_counter() - start) / args.repeats)
 
-    print(f"CPU: {cpu_name()}, {os.cpu_count()} logical cores; load average "
+    print(f"CPU: {describe()}; load average "
           f"{os.getloadavg()[0]:.1f} at the end; compiled kernels: {_native.status()}")
     print(f"training step, T = {args.steps}, {args.units} units, batch {batch}; median of "
           f"{args.rounds} interleaved rounds")
