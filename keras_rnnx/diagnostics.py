@@ -332,7 +332,7 @@ class _Entry:
         self.eps = None
         self.mask = None
         self.jacobian_inputs = None
-        self.closed_form = None  # (gates, new states) where `_jacobian` has a closed form
+        self.closed_form = None  # the initial states, where `_jacobian` has a closed form
 
 
 class _Recorder:
@@ -479,7 +479,9 @@ def _run_layer(target: _Target, recorder: _Recorder, sequences, initial_state, m
         prev_states = [tf.concat([s0[None], s[:-1]], axis=0) for s0, s in zip(inits, seqs)]
         entry.jacobian_inputs = (step_inputs, prev_states, ms, backwards)
         if _jacobian.closed_form_kind(reader.cell, reader.kind) is not None:
-            entry.closed_form = (gates_tm[goffset: goffset + count], list(seqs))
+            # σ_max comes from the states and gates after the graph (`_closed_form_norms`):
+            # it needs the initial states besides them.
+            entry.closed_form = list(inits)
         previous_h = seqs[0]
         offset += n
         goffset += count
@@ -562,28 +564,17 @@ def _native_scan(module, kind: str, reader: _CellReader, xs, eps, flat_init):
 
 
 def _jacobian_norm(entry: _Entry):
-    """‖∂s_t/∂s_{t-1}‖₂ per sample and step, (B, T), in input order.
+    """‖∂s_t/∂s_{t-1}‖₂ per sample and step, (B, T), in input order, for cells without a
+    closed form (the lecture cells' come from `_closed_form_norms`).
 
-    The lecture cells' step Jacobians have closed forms (`keras_rnnx._jacobian`): σ_max comes
-    from Lanczos steps on J v products there. For every other readable cell the step is
-    independent across the batch, so the B·T steps are run as one batch, and the S rows of
-    each S×S Jacobian come from one backward pass over S stacked copies of that batch, copy j
-    seeded with e_j (what `batch_jacobian` does, without its `pfor` tracing cost).
+    The step is independent across the batch, so the B·T steps are run as one batch, and the
+    S rows of each S×S Jacobian come from one backward pass over S stacked copies of that
+    batch, copy j seeded with e_j (what `batch_jacobian` does, without its `pfor` tracing
+    cost).
     """
     step_inputs, prev_states, ms, backwards = entry.jacobian_inputs
     reader = entry.reader
     steps, batch = tf.shape(step_inputs)[0], tf.shape(step_inputs)[1]
-    if entry.closed_form is not None:
-        gates, new_states = entry.closed_form
-
-        def rows(t):
-            return tf.reshape(tf.cast(t, tf.float32), tf.stack([-1, t.shape[-1]]))
-
-        norms = _jacobian.closed_form_norms(
-            reader.kind, reader.cell.recurrent_kernel, [rows(g) for g in gates],
-            [rows(s) for s in prev_states], [rows(s) for s in new_states],
-            keep=None if ms is None else tf.reshape(ms, [-1]))
-        return _input_order(tf.reshape(norms, tf.stack([steps, batch])), ms, backwards)
     dtype = reader.cell.variable_dtype
     n = steps * batch
     x = tf.reshape(tf.cast(step_inputs, dtype), tf.stack([n, -1]))
@@ -601,8 +592,20 @@ def _jacobian_norm(entry: _Entry):
         picked = tf.reduce_sum(s_new * seed)
     rows = tape.gradient(picked, s_rep)
     jac = tf.transpose(tf.reshape(rows, tf.stack([size, n, size])), [1, 0, 2])
-    return _input_order(tf.reshape(_jacobian.exact_norms(jac), tf.stack([steps, batch])), ms,
-                        backwards)
+    return _input_order(tf.reshape(_exact_norms(jac), tf.stack([steps, batch])), ms, backwards)
+
+
+def _exact_norms(jac):
+    """σ_max of each (S, S) matrix of `jac` (M, S, S), as sqrt(λ_max(J Jᵀ)); NaN where J or
+    J Jᵀ is not finite."""
+    # σ_max(J) = sqrt(λ_max(J Jᵀ)): a symmetric eigenvalue problem is ~4x cheaper than an SVD
+    # and exact to float precision for the largest singular value.
+    gram = tf.matmul(jac, jac, transpose_b=True)
+    # The eigensolver fails on NaN/Inf (a diverged run): solve a zero matrix there, report NaN.
+    finite = tf.reduce_all(tf.math.is_finite(gram), axis=[1, 2])
+    gram = tf.where(finite[:, None, None], gram, tf.zeros_like(gram))
+    norms = tf.sqrt(tf.maximum(tf.linalg.eigvalsh(gram)[:, -1], 0.0))
+    return tf.where(finite, norms, tf.fill(tf.shape(norms), tf.constant(np.nan, jac.dtype)))
 
 
 def _input_order(norms, ms, backwards):
@@ -793,6 +796,8 @@ class Probe:
         self._function = None
         self._concrete: dict = {}  # input signature -> the traced graph, called directly
         self._compile_loss = None
+        self._statics: dict = {}  # layer key -> (block activations, thresholds)
+        self._ritz: dict = {}  # layer key -> the last Jacobian Ritz vectors (B·T, S)
 
     @property
     def model(self):
@@ -902,8 +907,12 @@ class Probe:
                 "mask": entry.mask,
                 "grad_h": None,
                 "weight_grad_norm": None,
-                "jacobian_norm": _jacobian_norm(entry) if self.jacobian else None,
+                "jacobian_norm": (_jacobian_norm(entry) if self.jacobian
+                                  and entry.closed_form is None else None),
+                "recurrent_kernel": tf.convert_to_tensor(reader.cell.recurrent_kernel),
             }
+            if self.jacobian and entry.closed_form is not None:
+                item["initial_states"] = entry.closed_form
             if grads is not None:
                 item["grad_h"] = grads[i]
                 norms = {}
@@ -916,6 +925,45 @@ class Probe:
                 item["weight_grad_norm"] = norms
             out[entry.key] = item
         return {"loss": loss, "layers": out}
+
+    def _static(self, key: str, reader: _CellReader):
+        """(block activations, 1/γ thresholds) of a probed cell: fixed for its lifetime."""
+        static = self._statics.get(key)
+        if static is None:
+            activations = reader.block_activations()
+            thresholds = {}
+            for name in reader.block_names:
+                gamma = _GAMMA.get(activations[name])
+                thresholds[name] = None if gamma is None else 1.0 / gamma
+            static = self._statics[key] = (activations, thresholds)
+        return static
+
+    def _closed_form_norms(self, key, reader, recurrent, states, gates, initial, mask,
+                           backwards):
+        """σ_max(∂s_t/∂s_{t-1}) (B, T) in input order from the closed form (`_jacobian`) on
+        the fetched states and gates; masked steps 1, as the exact path reports them.
+
+        Each call starts its Lanczos steps from the previous call's Ritz vectors of the same
+        layer (the probe batch stays; a few training steps move them little)."""
+        names = reader.state_names
+        new = [states[name] for name in names]
+        batch, steps = new[0].shape[:2]
+        if backwards:  # the step order the cell ran in
+            new = [s[:, ::-1] for s in new]
+            gates = {k: g[:, ::-1] for k, g in gates.items()}
+            mask = mask[:, ::-1]
+        prev = [np.concatenate([s0[:, None], s[:, :-1]], axis=1) for s0, s in zip(initial, new)]
+
+        def rows(a):
+            return a.reshape(batch * steps, a.shape[-1])
+
+        norms, ritz = _jacobian.closed_form_norms(
+            reader.kind, recurrent, [rows(gates[name]) for name in reader.gate_names],
+            [rows(s) for s in prev], [rows(s) for s in new], keep=mask.reshape(-1),
+            start=self._ritz.get(key))
+        self._ritz[key] = ritz
+        norms = np.where(mask, norms.reshape(batch, steps), 1.0)
+        return norms[:, ::-1] if backwards else norms
 
     def _assemble(self, raw) -> Trace:
         trace = Trace()
@@ -943,17 +991,25 @@ class Probe:
                                    np.asarray(v, dtype=np.float64).tolist()))
                     for name, v in item["weight_grad_norm"].items()
                 }
-            sigma, threshold = _recurrent_sigma(reader)
+            activations, thresholds = self._static(key, reader)
+            sigma = _recurrent_sigma(reader, np.asarray(item["recurrent_kernel"]))
             layer = target.layer
+            gates = {k: np.asarray(v, dtype=np.float32) for k, v in item["gates"].items()}
+            jacobian = item["jacobian_norm"]
+            if "initial_states" in item:
+                jacobian = self._closed_form_norms(
+                    key, reader, np.asarray(item["recurrent_kernel"]), states, gates,
+                    [np.asarray(s, np.float32) for s in item["initial_states"]], mask,
+                    bool(layer.go_backwards))
             trace[key] = {
                 "states": states,
-                "gates": {k: np.asarray(v, dtype=np.float32) for k, v in item["gates"].items()},
+                "gates": gates,
                 "grad_h": grad_h,
                 "grad_norm": grad_norm,
-                "jacobian_norm": (None if item["jacobian_norm"] is None
-                                  else np.asarray(item["jacobian_norm"], dtype=np.float32)),
+                "jacobian_norm": (None if jacobian is None
+                                  else np.asarray(jacobian, dtype=np.float32)),
                 "recurrent_sigma_max": sigma,
-                "recurrent_sigma_threshold": threshold,
+                "recurrent_sigma_threshold": dict(thresholds),
                 "weight_grad_norm": weight_grad_norm,
                 "meta": {
                     "key": key,
@@ -966,7 +1022,7 @@ class Probe:
                     "state_names": tuple(reader.state_names),
                     "gate_names": tuple(reader.gate_names),
                     "block_names": tuple(reader.block_names),
-                    "block_activations": reader.block_activations(),
+                    "block_activations": dict(activations),
                     "mask": mask,
                     "go_backwards": bool(layer.go_backwards),
                     "time_order": "input",
@@ -978,18 +1034,17 @@ class Probe:
         return trace
 
 
-def _recurrent_sigma(reader: _CellReader):
-    kernel = np.asarray(ops.convert_to_numpy(reader.cell.recurrent_kernel), dtype=np.float64)
+def _recurrent_sigma(reader: _CellReader, kernel: np.ndarray) -> dict[str, float]:
+    """σ_max of each block R_k of the recurrent kernel (U, blocks·U); NaN for a block that is
+    not finite (a diverged run has no SVD)."""
     units = reader.units
-    acts = reader.block_activations()
-    sigma, threshold = {}, {}
-    for k, name in enumerate(reader.block_names):
-        block = kernel[:, k * units: (k + 1) * units]
-        # NaN or Inf weights (a diverged run) have no SVD; report them as NaN.
-        sigma[name] = float(np.linalg.norm(block, 2)) if np.isfinite(block).all() else np.nan
-        gamma = _GAMMA.get(acts[name])
-        threshold[name] = None if gamma is None else 1.0 / gamma
-    return sigma, threshold
+    names = reader.block_names
+    blocks = np.asarray(kernel, np.float64).reshape(units, len(names), units).transpose(1, 0, 2)
+    finite = np.isfinite(blocks).all(axis=(1, 2))
+    sigma = np.full(len(names), np.nan)
+    if finite.any():
+        sigma[finite] = np.linalg.svd(blocks[finite], compute_uv=False)[:, 0]
+    return dict(zip(names, sigma.tolist()))
 
 
 _PROBES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

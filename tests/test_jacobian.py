@@ -2,13 +2,13 @@
 against an independent reference: the cell equations in NumPy (float64), J by central finite
 differences, σ_max by `np.linalg.svd` — including near-degenerate and moderately separated top
 singular values (the Lanczos rows that are certified and those recomputed exactly), NaN/Inf
-rows and rows that are skipped."""
+rows and rows that are skipped, warm starts (also one along the wrong singular vector) — for
+the compiled C code and for the NumPy path that runs where no compiler is found."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from keras_rnnx import _jacobian
 
@@ -40,6 +40,12 @@ def numpy_step(kind, p, recurrent, h_prev, c_prev):
 
 def finite_difference_norms(kind, p, recurrent, h_prev, c_prev, delta=1e-6):
     """σ_max of ∂[h, c]/∂[h_prev, c_prev] per row, from central differences in float64."""
+    jac = exact_jacobians(kind, p, recurrent, h_prev, c_prev, delta)
+    return np.array([np.linalg.svd(j, compute_uv=False)[0] for j in jac])
+
+
+def exact_jacobians(kind, p, recurrent, h_prev, c_prev, delta=1e-6):
+    """∂[h, c]/∂[h_prev, c_prev] per row (N, S, S), from central differences in float64."""
     two = kind != "vanilla"
     s_prev = np.concatenate([h_prev, c_prev], axis=-1) if two else h_prev
     size = s_prev.shape[-1]
@@ -52,8 +58,7 @@ def finite_difference_norms(kind, p, recurrent, h_prev, c_prev, delta=1e-6):
             _, new = numpy_step(kind, p, recurrent, s[:, :UNITS], s[:, UNITS:] if two else None)
             out.append(np.concatenate(new, axis=-1))
         columns.append((out[0] - out[1]) / (2 * delta))
-    jac = np.stack(columns, axis=-1)  # (N, S, S): rows are outputs
-    return np.array([np.linalg.svd(j, compute_uv=False)[0] for j in jac])
+    return np.stack(columns, axis=-1)  # (N, S, S): rows are outputs
 
 
 def case(kind, rows, rng, scale=1.0):
@@ -66,27 +71,71 @@ def case(kind, rows, rng, scale=1.0):
 
 
 def f32(array):
-    return tf.constant(np.asarray(array, np.float32))
+    return np.asarray(array, np.float32)
 
 
-def closed_form(kind, p, recurrent, h_prev, c_prev, keep=None):
+@pytest.fixture(params=[True, False], ids=["C", "NumPy"])
+def compiled(request):
+    if request.param and _jacobian._library() is None:
+        pytest.fail("the C code of keras_rnnx/_native/lanczos.c did not build")
+    return request.param
+
+
+def closed_form(kind, p, recurrent, h_prev, c_prev, keep=None, start=None, compiled=True,
+                ritz=False):
     gates, new = numpy_step(kind, p, recurrent, h_prev, c_prev)
     prev = [h_prev] if kind == "vanilla" else [h_prev, c_prev]
-    return _jacobian.closed_form_norms(
+    norms, vectors = _jacobian.closed_form_norms(
         kind, f32(recurrent), [f32(g) for g in gates], [f32(s) for s in prev],
-        [f32(s) for s in new], keep=None if keep is None else tf.constant(keep)).numpy()
+        [f32(s) for s in new], keep=keep, start=start, compiled=compiled)
+    return (norms, vectors) if ritz else norms
+
+
+def lanczos(kind, steps, recurrent, gates, prev, new, start=None):
+    jv, jtv, size = _jacobian.step_jacobian(kind, recurrent, gates, prev, new)
+    if start is None:
+        start = _jacobian._cold_start(len(new[0]), size)
+    return _jacobian._lanczos(jv, jtv, steps, start)
 
 
 @pytest.mark.parametrize("kind", list(BLOCKS))
-def test_closed_form_norms_match_finite_differences_and_svd(kind):
+def test_closed_form_norms_match_finite_differences_and_svd(kind, compiled):
     rng = np.random.default_rng(7)
     args = case(kind, 40, rng, scale=1.5)
     want = finite_difference_norms(kind, *args)
-    got = closed_form(kind, *args)
+    got = closed_form(kind, *args, compiled=compiled)
     np.testing.assert_allclose(got, want, rtol=1e-4)
 
 
-def test_near_degenerate_and_moderately_separated_top_singular_values():
+@pytest.mark.parametrize("kind", list(BLOCKS))
+def test_warm_starts_give_the_same_norms(kind, compiled):
+    """From the Ritz vectors of a call on nearby rows (a training step later), from rows'
+    own top singular vectors, and from their second singular vectors (the order of the top
+    two changed since the start was computed): the values stay those of the SVD."""
+    rng = np.random.default_rng(13)
+    p, recurrent, h_prev, c_prev = case(kind, 30, rng, scale=1.5)
+    want = finite_difference_norms(kind, p, recurrent, h_prev, c_prev)
+    _, ritz = closed_form(kind, p, recurrent, h_prev, c_prev, compiled=compiled, ritz=True)
+    moved = (p + 0.05 * rng.normal(size=p.shape), recurrent, h_prev, c_prev)
+    got = closed_form(kind, *moved, start=ritz, compiled=compiled)
+    np.testing.assert_allclose(got, finite_difference_norms(kind, *moved), rtol=1e-4)
+    jac = exact_jacobians(kind, p, recurrent, h_prev, c_prev)
+    _, _, vt = np.linalg.svd(jac)
+    for which in (0, 1):
+        got = closed_form(kind, p, recurrent, h_prev, c_prev, start=vt[:, which, :],
+                          compiled=compiled)
+        np.testing.assert_allclose(got, want, rtol=1e-4)
+
+
+def test_the_compiled_code_and_numpy_agree():
+    rng = np.random.default_rng(17)
+    for kind in BLOCKS:
+        args = case(kind, 50, rng, scale=1.5)
+        np.testing.assert_allclose(closed_form(kind, *args, compiled=True),
+                                   closed_form(kind, *args, compiled=False), rtol=2e-5)
+
+
+def test_near_degenerate_and_moderately_separated_top_singular_values(compiled):
     """Vanilla with an orthogonal R: J = diag(1 - h_t²) Rᵀ has exactly the singular values
     1 - h_t², which the rows set: all equal, top two 1e-6 apart, evenly spread (a moderate
     gap the Lanczos steps cannot certify: those rows take the exact path)."""
@@ -100,14 +149,14 @@ def test_near_degenerate_and_moderately_separated_top_singular_values():
     ])
     h = np.sqrt(1.0 - d)
     args = (f32(recurrent), [], [f32(np.zeros_like(h))], [f32(h)])
-    got = _jacobian.closed_form_norms("vanilla", *args).numpy()
+    got, _ = _jacobian.closed_form_norms("vanilla", *args, compiled=compiled)
     want = [np.linalg.svd(np.diag(1.0 - row ** 2) @ recurrent.T, compute_uv=False)[0]
             for row in h.astype(np.float32).astype(np.float64)]
     np.testing.assert_allclose(got, want, rtol=1e-5)
     np.testing.assert_allclose(got, d.max(axis=1), rtol=1e-5)
-    _, certified, _ = _jacobian._lanczos("vanilla", _jacobian.LANCZOS_STEPS["vanilla"], *args)
+    _, certified, _ = lanczos("vanilla", _jacobian.LANCZOS_STEPS["vanilla"], *args)
     # The test covers both paths: some rows certified by Lanczos, some recomputed exactly.
-    assert certified.numpy().any() and not certified.numpy().all()
+    assert certified.any() and not certified.all()
 
 
 @pytest.mark.parametrize("kind", ["cec", "original"])
@@ -121,20 +170,18 @@ def test_restart_from_the_ritz_vector_certifies_rows_the_first_run_could_not(kin
     args = (f32(recurrent), [f32(g) for g in gates], [f32(h_prev), f32(c_prev)],
             [f32(s) for s in new])
     steps = _jacobian.LANCZOS_STEPS[kind] // 2  # few enough that the first run leaves rows
-    theta, certified, ritz = _jacobian._lanczos(kind, steps, *args)
-    theta2, certified2, _ = _jacobian._lanczos(
-        kind, steps, *args, start=tf.math.l2_normalize(ritz, axis=-1))
+    theta, first, ritz = lanczos(kind, steps, *args)
+    theta2, second, _ = lanczos(kind, steps, *args, start=_jacobian._unit_rows(ritz))
     want = finite_difference_norms(kind, p, recurrent, h_prev, c_prev) ** 2
-    first, second = certified.numpy(), certified2.numpy()
     assert not first.all() and (first | second).sum() > first.sum()
-    assert np.all(theta2.numpy() >= theta.numpy() * (1 - 1e-5))  # up to float32 rounding
-    np.testing.assert_allclose(theta2.numpy()[second], want[second], rtol=1e-4)
+    assert np.all(theta2 >= theta * (1 - 1e-5))  # up to float32 rounding
+    np.testing.assert_allclose(theta2[second], want[second], rtol=1e-4)
     np.testing.assert_allclose(closed_form(kind, p, recurrent, h_prev, c_prev), np.sqrt(want),
                                rtol=1e-4)
 
 
 @pytest.mark.parametrize("kind", ["vanilla", "forget"])
-def test_nan_and_inf_rows_are_nan_and_leave_the_others_alone(kind):
+def test_nan_and_inf_rows_are_nan_and_leave_the_others_alone(kind, compiled):
     rng = np.random.default_rng(11)
     p, recurrent, h_prev, c_prev = case(kind, 6, rng)
     want = finite_difference_norms(kind, p, recurrent, h_prev, c_prev)
@@ -143,17 +190,17 @@ def test_nan_and_inf_rows_are_nan_and_leave_the_others_alone(kind):
         c_prev[3, 2] = np.inf  # c_t = inf: J holds c_{t-1}·f(1-f) = inf
     else:
         h_prev[3, 2] = np.nan
-    got = closed_form(kind, p, recurrent, h_prev, c_prev)
+    got = closed_form(kind, p, recurrent, h_prev, c_prev, compiled=compiled)
     assert np.isnan(got[1]) and np.isnan(got[3])
     ok = [0, 2, 4, 5]
     np.testing.assert_allclose(got[ok], want[ok], rtol=1e-4)
 
 
-def test_rows_not_kept_are_not_recomputed_but_the_others_are_exact():
+def test_rows_not_kept_are_not_recomputed_but_the_others_are_exact(compiled):
     rng = np.random.default_rng(5)
     args = case("original", 12, rng)
     keep = np.arange(12) % 3 != 0
-    got = closed_form("original", *args, keep=keep)
+    got = closed_form("original", *args, keep=keep, compiled=compiled)
     want = finite_difference_norms("original", *args)
     np.testing.assert_allclose(got[keep], want[keep], rtol=1e-4)
 
