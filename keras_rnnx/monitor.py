@@ -4,17 +4,18 @@ Training never waits on the disk: the callback runs the probe on the training th
 the cost it adds to `fit`) and hands the arrays to a background writer thread. Scalars and
 small per-layer arrays (gradient norms, Jacobian norms, σ_max) are always queued; bulky
 frames (states, gates, ∂L/∂h_t) are dropped when more than `max_pending_mb` of them are
-waiting, and the drops are counted in the log. Batch logs reach the writer in bundles at least
-every `flush_seconds / 2`; the writer flushes to the operating system at least every
-`flush_seconds` (0.1 s by default) and fsyncs at least every `_FSYNC_SECONDS` (10 s) and at
-the end, so a killed process loses at most the last 0.15 s (an operating-system crash or power
-loss, the last 10 s: an fsync costs the writer ~5 ms, every second a quarter of its time); the
-log's format keeps the rest readable.
+waiting, and the drops are counted in the log. The writer takes the batch logs from a buffer
+whenever it wakes, at least every `flush_seconds` (0.1 s by default), writes them as one
+record and flushes to the operating system; it fsyncs at least every `_FSYNC_SECONDS` (10 s)
+and at the end. So a killed process loses at most its last 0.2 s (an operating-system crash
+or power loss, the last 10 s: an fsync costs the writer ~5 ms, every second a quarter of its
+time); the log's format keeps the rest readable.
 """
 
 from __future__ import annotations
 
 import atexit
+import collections
 import queue
 import threading
 import time
@@ -131,6 +132,11 @@ class _Writer:
         self.fsync_seconds = fsync_seconds
         self.max_pending_bytes = max_pending_bytes
         self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        # Batch logs [(step, {name: value})]: appended by the training thread (deque appends
+        # are atomic), taken by this thread whenever it wakes, at least every flush_seconds:
+        # no queue item and no wake-up per step (each wake-up costs the thread more CPU time
+        # than writing the rows).
+        self.rows: collections.deque = collections.deque()
         self.pending_bytes = 0
         self.dropped = 0
         self.cpu_seconds = 0.0  # CPU time of the writer thread, updated after each record
@@ -154,6 +160,23 @@ class _Writer:
         self.queue.put((method, args, kwargs, bulky_bytes))
         return True
 
+    def put_frames(self, frames: list) -> None:
+        """Queues one probe's frames [(kind, layer, step, array, bulky bytes)] as one item (one
+        wake-up of the writer thread instead of one per array); bulky arrays over budget are
+        left out and counted, the others always go."""
+        if self.failed is not None:
+            return
+        kept, bulky_total = [], 0
+        with self._lock:
+            for kind, layer, step, array, bulky in frames:
+                if bulky and self.pending_bytes + bulky_total + bulky > self.max_pending_bytes:
+                    self.dropped += 1
+                    continue
+                bulky_total += bulky
+                kept.append((kind, layer, step, array))
+            self.pending_bytes += bulky_total
+        self.queue.put(("frames", (kept,), {}, bulky_total))
+
     def close(self, status: str = "ok", timeout: float = 30.0) -> None:
         if self._thread.is_alive():
             self.queue.put((_STOP, (status,), {}, 0))
@@ -173,6 +196,17 @@ class _Writer:
                 item = self.queue.get(timeout=self.flush_seconds)
             except queue.Empty:
                 item = None
+            if self.rows:
+                rows = []
+                while self.rows:
+                    rows.append(self.rows.popleft())
+                if self.failed is None:
+                    try:
+                        self._write_batch_logs(rows)
+                        dirty = True
+                    except (OSError, runlog.RunLogError) as error:
+                        self._fail(error)
+                self.cpu_seconds = time.thread_time()
             if item is not None:
                 method, args, kwargs, bulky_bytes = item
                 if method is _STOP:
@@ -183,9 +217,9 @@ class _Writer:
                         self.pending_bytes -= bulky_bytes
                 if self.failed is None:
                     try:
-                        if method == "batch_scalars":
-                            for step, values in args[0]:
-                                self._writer.write_scalars(step, values, phase="batch")
+                        if method == "frames":
+                            for frame in args[0]:
+                                self._writer.write_frame(*frame)
                         else:
                             getattr(self._writer, method)(*args, **kwargs)
                         dirty = True
@@ -202,6 +236,22 @@ class _Writer:
                 last_flush = now
                 last_fsync = now if fsync else last_fsync
                 dirty = False
+
+    def _write_batch_logs(self, rows: list) -> None:
+        """Batch logs [(step, {name: value})] as `scalar_rows` records, one per run of rows
+        with the same names (one record per step cost the writer more than everything else)."""
+        start = 0
+        while start < len(rows):
+            names = list(rows[start][1])
+            end = start + 1
+            while end < len(rows) and list(rows[end][1]) == names:
+                end += 1
+            if names:
+                self._writer.write_scalar_rows(
+                    [step for step, _ in rows[start:end]], names,
+                    [[values[name] for name in names] for _, values in rows[start:end]],
+                    phase="batch")
+            start = end
 
     def _finish(self, status: str) -> None:
         if self.failed is None:
@@ -383,8 +433,6 @@ class RNNMonitor(keras.callbacks.Callback):
         self._spent = 0.0
         self._traced = 0.0
         self._writer_cpu_base = 0.0
-        self._rows: list[tuple[int, dict[str, float]]] = []  # batch logs not yet handed over
-        self._handoff_at = 0.0
         # Seconds a frame costs (probe and hand-over, tracing excluded): running means.
         self._probe_cost: dict[bool, float | None] = {True: None, False: None}
         self._cadence: _Cadence | None = None
@@ -434,7 +482,6 @@ class RNNMonitor(keras.callbacks.Callback):
         writer, self._writer = self._writer, None
         self._active = False
         if writer is not None:
-            _hand_over(writer, self._rows)
             writer.close(status)
             self._dropped = writer.dropped
             self._writer_cpu_seconds = writer.cpu_seconds
@@ -464,7 +511,6 @@ class RNNMonitor(keras.callbacks.Callback):
             self._cadence = _Cadence(self.overhead_budget, _JACOBIAN_SHARE if self.jacobian
                                      else 0.0, total)
             self._next_probe, self._next_full = self._step + 1, float(_NEVER)
-        self._handoff_at = start + self.flush_seconds / 2
         if self._writer is not None:
             self._active = True  # a second `fit` on the same monitor appends to the same run
             self._writer_cpu_base = self._writer.cpu_seconds
@@ -500,7 +546,7 @@ class RNNMonitor(keras.callbacks.Callback):
         self._active = True
         writer = self._writer
         self._writer_cpu_base = 0.0
-        self._finalizer = weakref.finalize(self, _close_at_exit, writer, self._rows)
+        self._finalizer = weakref.finalize(self, writer.close, "closed at exit")
         atexit.register(self._finalizer)
 
         self._frame(self.jacobian, meta=True)
@@ -528,12 +574,9 @@ class RNNMonitor(keras.callbacks.Callback):
         # cost (it is asked for explicitly, at a fixed cadence).
         self._corpus_hook(final=False)
         start, cpu = time.perf_counter(), time.thread_time()
-        # Batch logs travel to the writer in bundles, at most flush_seconds / 2 apart: one
-        # hand-over (and one wake-up of the writer thread) per step costs more than the rest.
-        self._rows.append((self._step, _floats(logs)))
-        if start >= self._handoff_at:
-            self._handoff_at = start + self.flush_seconds / 2
-            _hand_over(self._writer, self._rows)
+        # The writer thread takes batch logs from its row buffer when it wakes (at least every
+        # flush_seconds): no hand-over, and no wake-up, per step.
+        self._writer.rows.append((self._step, _floats(logs)))
         if self._step < self._next_probe:
             # Python work on this thread only: its CPU time is its cost. Wall time would also
             # charge the monitor for every other process that preempts it on a busy machine.
@@ -542,7 +585,6 @@ class RNNMonitor(keras.callbacks.Callback):
         if self._cadence is not None:
             self._plan()  # due by the last plan; the costs and step time may have moved
         if self._step >= self._next_probe:
-            _hand_over(self._writer, self._rows)
             if self._cadence is None:
                 self._frame(self.jacobian)
                 self._next_probe = self._step + self.every
@@ -557,7 +599,6 @@ class RNNMonitor(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if self._active:
             start = time.perf_counter()
-            _hand_over(self._writer, self._rows)
             self._writer.put("write_scalars", int(epoch), _floats(logs), phase="epoch")
             if self._cadence is not None:
                 self._plan()
@@ -565,7 +606,6 @@ class RNNMonitor(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         if self._active:
-            _hand_over(self._writer, self._rows)
             self._corpus_hook(final=True)
             self._writer.put("write_event", "train_end", {
                 "probes": self.probe_count, "probe_seconds": round(self.probe_seconds, 4),
@@ -683,7 +723,13 @@ class RNNMonitor(keras.callbacks.Callback):
         self._frame_spent += seconds
         if trace is not None:
             cost = self._probe_cost[full]
-            self._probe_cost[full] = seconds if cost is None else 0.7 * cost + 0.3 * seconds
+            if cost is None or (full and self._jacobian_frames == 1):
+                # The first Jacobian frame starts its Lanczos steps cold, the later ones from
+                # the previous frame's vectors, at a fraction of its cost: the second replaces
+                # the first measurement instead of averaging with it.
+                self._probe_cost[full] = seconds
+            else:
+                self._probe_cost[full] = 0.7 * cost + 0.3 * seconds
         self._last_frame = self._step
         if full and trace is not None:
             self._last_full = self._step
@@ -735,14 +781,18 @@ class RNNMonitor(keras.callbacks.Callback):
             return
         if trace.loss is not None:
             writer.put("write_scalars", step, {"probe_loss": trace.loss}, phase="batch")
+        frames = []
         for key, fields in trace.items():
             arrays = {"grad_norm": fields["grad_norm"], "jacobian_norm": fields["jacobian_norm"]}
             arrays.update(fields["states"])
             mask = np.asarray(fields["meta"]["mask"], dtype=bool)
             # The probe leaves gates of masked steps NaN ("not computed"); record them as 0 so
             # that NaN in the log always means a real numerical problem. The mask is in meta.
-            arrays.update({name: np.where(mask[..., None], gate, 0.0).astype(np.float32)
-                           for name, gate in fields["gates"].items()})
+            if mask.all():
+                arrays.update(fields["gates"])
+            else:
+                arrays.update({name: np.where(mask[..., None], gate, 0.0).astype(np.float32)
+                               for name, gate in fields["gates"].items()})
             arrays["grad_h"] = fields["grad_h"]
             blocks = fields["meta"]["block_names"]
             arrays["sigma_max"] = np.array(
@@ -758,7 +808,8 @@ class RNNMonitor(keras.callbacks.Callback):
                 if not np.all(np.isfinite(array)):
                     self.nonfinite_count += 1
                 bulky = _nbytes(array) if kind in BULKY_KINDS else 0
-                writer.put("write_frame", kind, key, step, array, bulky_bytes=bulky)
+                frames.append((kind, key, step, array, bulky))
+        writer.put_frames(frames)
         if writer.dropped != self._reported_drops:
             self._reported_drops = writer.dropped
             writer.put("write_event", "dropped_frames", {"count": writer.dropped}, step=step)
@@ -821,18 +872,6 @@ class RNNMonitor(keras.callbacks.Callback):
         from keras_rnnx.viewer_process import open_viewer
 
         self.viewer_process = open_viewer(self.run_dir)
-
-
-def _hand_over(writer: _Writer, rows: list) -> None:
-    """Queues the pending batch logs as one item and empties `rows` (in place)."""
-    if rows:
-        writer.put("batch_scalars", rows[:])
-        rows.clear()
-
-
-def _close_at_exit(writer: _Writer, rows: list) -> None:
-    _hand_over(writer, rows)
-    writer.close("closed at exit")
 
 
 def _floats(logs) -> dict[str, float]:

@@ -64,6 +64,8 @@ MAX_CORPUS_CHARACTERS = 1 << 20
 _MAX_FIRST_RECORD_BYTES = 1 << 16
 
 PHASES = ("batch", "epoch")
+# Steps per `scalar_rows` record (its steps are a JSON list in the header).
+_ROWS_PER_RECORD = 4096
 
 # Little-endian (or byte-order-free) numeric dtypes, spelled as numpy's `dtype.str`.
 DTYPES = (
@@ -445,6 +447,44 @@ class RunWriter:
             names.append(name)
         header = {"type": "scalars", "step": step, "phase": phase, "names": names}
         self._write(header, np.asarray(numbers_, dtype="<f8"))
+
+    def write_scalar_rows(self, steps: Sequence[int], names: Sequence[str], values: Any, *,
+                          phase: str) -> None:
+        """Stores the same named scalars at several steps in one record (`scalar_rows`), e.g.
+        the batch logs of many training steps: `values[k, j]` is `names[j]` at `steps[k]`.
+
+        Readers merge them with `write_scalars`'s records: `scalars(name, phase=...)` is the
+        same either way. One record instead of one per step: a monitor writes batch logs this
+        way, at a fraction of the cost. NaN and Inf are stored as they are.
+        """
+        if phase not in PHASES:
+            raise ValueError(
+                f"Invalid value for argument `phase`: expected one of {PHASES}, got {phase!r}."
+            )
+        steps = [_check_step(step) for step in steps]
+        names = list(names)
+        if not all(_is_name(name) for name in names):
+            raise ValueError(f"Invalid value for argument `names`: expected non-empty strings, "
+                             f"got {names!r}.")
+        try:
+            array = np.asarray(values, dtype="<f8")
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"Invalid value for argument `values`: expected numbers, got {values!r}."
+            ) from None
+        if array.shape != (len(steps), len(names)):
+            raise ValueError(
+                f"Invalid value for argument `values`: expected shape ({len(steps)}, "
+                f"{len(names)}) for {len(steps)} steps and {len(names)} names, got "
+                f"{array.shape}."
+            )
+        if not steps or not names:
+            return
+        for first in range(0, len(steps), _ROWS_PER_RECORD):
+            rows = slice(first, first + _ROWS_PER_RECORD)
+            header = {"type": "scalar_rows", "steps": steps[rows], "phase": phase,
+                      "names": names}
+            self._write(header, np.ascontiguousarray(array[rows]))
 
     def write_frame(
         self,
@@ -1000,6 +1040,19 @@ class RunReader:
             if array is None or array.shape != (len(names),) or array.dtype.kind not in "fiub":
                 raise _BadRecord(f"scalars record whose array does not hold {len(names)} numbers")
             return ("scalars", step, phase, names, array.astype(np.float64))
+        if kind == "scalar_rows":
+            steps, phase, names = header.get("steps"), header.get("phase"), header.get("names")
+            if not (isinstance(steps, list) and steps and all(_is_step(s) for s in steps)
+                    and _is_name(phase) and isinstance(names, list)):
+                raise _BadRecord(
+                    "scalar_rows record without valid 'steps', 'phase' and 'names'")
+            if not all(_is_name(n) for n in names):
+                raise _BadRecord("scalar_rows record with a name that is not a non-empty string")
+            if (array is None or array.shape != (len(steps), len(names))
+                    or array.dtype.kind not in "fiub"):
+                raise _BadRecord(f"scalar_rows record whose array is not {len(steps)} x "
+                                 f"{len(names)} numbers")
+            return ("scalar_rows", steps, phase, names, array.astype(np.float64))
         if kind == "meta":
             meta = header.get("meta")
             if not isinstance(meta, dict):
@@ -1082,15 +1135,11 @@ class RunReader:
                 self._count_nonfinite(("frame", kind, layer, None), step, *nonfinite)
         elif what == "scalars":
             _, step, phase, names, values = item
-            for name, value in zip(names, values.tolist()):
-                series = self._scalars.get((phase, name))
-                if series is None:
-                    series = self._scalars[phase, name] = _ScalarSeries()
-                series.append(step, value)
-                if not math.isfinite(value):
-                    self._count_nonfinite(
-                        ("scalars", name, None, phase), step, math.isnan(value), math.isinf(value)
-                    )
+            self._append_scalars(step, phase, names, values.tolist())
+        elif what == "scalar_rows":
+            _, steps, phase, names, values = item
+            for step, row in zip(steps, values.tolist()):
+                self._append_scalars(step, phase, names, row)
         elif what == "meta":
             self._meta.update(item[1])
         elif what == "event":
@@ -1108,6 +1157,17 @@ class RunReader:
             series.append(step, array)
         elif what == "end":
             self._end_status = item[1]
+
+    def _append_scalars(self, step: int, phase: str, names: list, values: list) -> None:
+        for name, value in zip(names, values):
+            series = self._scalars.get((phase, name))
+            if series is None:
+                series = self._scalars[phase, name] = _ScalarSeries()
+            series.append(step, value)
+            if not math.isfinite(value):
+                self._count_nonfinite(
+                    ("scalars", name, None, phase), step, math.isnan(value), math.isinf(value)
+                )
 
     def _count_nonfinite(self, key: tuple, step: int, nan: bool, inf: bool) -> None:
         counter = self._nonfinite.get(key)
