@@ -160,10 +160,11 @@ class _Writer:
         self.queue.put((method, args, kwargs, bulky_bytes))
         return True
 
-    def put_frames(self, frames: list) -> None:
-        """Queues one probe's frames [(kind, layer, step, array, bulky bytes)] as one item (one
-        wake-up of the writer thread instead of one per array); bulky arrays over budget are
-        left out and counted, the others always go."""
+    def put_frames(self, frames: list, scalars: tuple | None = None) -> None:
+        """Queues one probe's frames [(kind, layer, step, array, bulky bytes)] and its batch
+        scalars (step, {name: value}) as one item (one wake-up of the writer thread instead of
+        one per array); bulky arrays over budget are left out and counted, the others always
+        go."""
         if self.failed is not None:
             return
         kept, bulky_total = [], 0
@@ -175,7 +176,7 @@ class _Writer:
                 bulky_total += bulky
                 kept.append((kind, layer, step, array))
             self.pending_bytes += bulky_total
-        self.queue.put(("frames", (kept,), {}, bulky_total))
+        self.queue.put(("frames", (kept, scalars), {}, bulky_total))
 
     def close(self, status: str = "ok", timeout: float = 30.0) -> None:
         if self._thread.is_alive():
@@ -218,7 +219,10 @@ class _Writer:
                 if self.failed is None:
                     try:
                         if method == "frames":
-                            for frame in args[0]:
+                            frames, scalars = args
+                            if scalars is not None:
+                                self._writer.write_scalars(*scalars, phase="batch")
+                            for frame in frames:
                                 self._writer.write_frame(*frame)
                         else:
                             getattr(self._writer, method)(*args, **kwargs)
@@ -705,9 +709,15 @@ class RNNMonitor(keras.callbacks.Callback):
 
     def _costs(self) -> tuple[float, float | None]:
         """(a frame's cost, a Jacobian frame's or None): measured; before the first frame
-        without the Jacobian norms, a Jacobian frame's cost stands for both."""
+        without the Jacobian norms, a Jacobian frame's cost stands for both. The first
+        Jacobian frame starts its Lanczos steps cold (and at initialisation clustered singular
+        values send many rows to the exact solver); later ones start from its vectors, so
+        until a second one is measured a Jacobian frame is planned at twice a plain frame's
+        cost, at most the first one's."""
         full = self._probe_cost[True]
         light = self._probe_cost[False] or full or 0.0
+        if full is not None and self._jacobian_frames == 1 and self._probe_cost[False]:
+            full = min(full, 2.0 * light)
         return light, (None if not self.jacobian else (full or light))
 
     def _frame(self, full: bool, meta: bool = False):
@@ -779,8 +789,7 @@ class RNNMonitor(keras.callbacks.Callback):
         writer = self._writer
         if trace is None:
             return
-        if trace.loss is not None:
-            writer.put("write_scalars", step, {"probe_loss": trace.loss}, phase="batch")
+        scalars = None if trace.loss is None else (step, {"probe_loss": trace.loss})
         frames = []
         for key, fields in trace.items():
             arrays = {"grad_norm": fields["grad_norm"], "jacobian_norm": fields["jacobian_norm"]}
@@ -809,7 +818,7 @@ class RNNMonitor(keras.callbacks.Callback):
                     self.nonfinite_count += 1
                 bulky = _nbytes(array) if kind in BULKY_KINDS else 0
                 frames.append((kind, key, step, array, bulky))
-        writer.put_frames(frames)
+        writer.put_frames(frames, scalars)
         if writer.dropped != self._reported_drops:
             self._reported_drops = writer.dropped
             writer.put("write_event", "dropped_frames", {"count": writer.dropped}, step=step)
