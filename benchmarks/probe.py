@@ -3,8 +3,10 @@
 For each of the four cells, a model `Input((T, D)) → keras.layers.RNN(cell(U)) → Dense(1)`,
 compiled with mse, is probed on one batch of B sequences with targets, with and without the
 Jacobian norms. The first call of each (it traces the probe's graph) is reported apart from
-the steady state: the median of `--repeats` calls (`--jac-repeats` for the Jacobian variant,
-which costs seconds a call: one SVD per sample and step), interleaved across cells and
+the steady state: the median of `--repeats` calls (`--jac-repeats` for the Jacobian variant;
+repeated on the same weights, its Lanczos steps start from the previous call's vectors and stop
+early: the demo lines below, with training between calls, show the cost during a run),
+interleaved across cells and
 variants, the order rotating every round. The baselines, on the same batch and in the same
 rounds: one `model.train_on_batch` step, and one forward + backward pass (`tf.GradientTape`
 in a `tf.function`, no weight update).

@@ -494,6 +494,18 @@ def test_a_bad_last_record_waits_until_records_follow_it(tmp_path):
             b"\x00" * 8,
             "2 numbers",
         ),
+        (
+            {"type": "scalar_rows", "steps": [1, 2], "phase": "batch", "names": ["a"],
+             "dtype": "<f8", "shape": [3, 1]},
+            b"\x00" * 24,
+            "2 x 1 numbers",
+        ),
+        (
+            {"type": "scalar_rows", "steps": [], "phase": "batch", "names": ["a"],
+             "dtype": "<f8", "shape": [0, 1]},
+            b"",
+            "'steps'",
+        ),
         ({"type": "meta", "meta": [1, 2]}, b"", "'meta'"),
         ({"type": "event", "name": "x"}, b"\x00", "no 'dtype'"),
     ],
@@ -504,6 +516,49 @@ def test_records_with_valid_checksums_but_bad_content_are_skipped(tmp_path, head
     assert frame_steps_and_values(reader) == ([0, 2], [0.0, 2.0])
     [problem] = reader.problems
     assert reason in problem and "skipped" in problem
+
+
+def test_scalar_rows_merge_with_single_scalars_in_the_documented_layout(tmp_path):
+    """Batch logs of many steps in one `scalar_rows` record (as docs/runlog.md lays it out,
+    built by hand), between single `scalars` records: one series, in the order logged, NaN
+    and Inf kept and counted; the writer's own records read back the same."""
+    rows = np.array([[0.5, 1.0], [np.nan, 2.0], [0.25, np.inf]])
+    block = record({"type": "scalar_rows", "steps": [2, 3, 4], "phase": "batch",
+                    "names": ["loss", "acc"], "dtype": "<f8", "shape": [3, 2]},
+                   rows.astype("<f8").tobytes())
+    single = record({"type": "scalars", "step": 1, "phase": "batch", "names": ["loss"],
+                     "dtype": "<f8", "shape": [1]}, np.array([0.75]).astype("<f8").tobytes())
+    write_log(tmp_path, magic() + single + block)
+    reader = RunReader(tmp_path)
+    assert reader.problems == []
+    steps, values = reader.scalars("loss", phase="batch")
+    assert steps.tolist() == [1, 2, 3, 4]
+    np.testing.assert_array_equal(values, [0.75, 0.5, np.nan, 0.25])
+    steps, values = reader.scalars("acc", phase="batch")
+    assert steps.tolist() == [2, 3, 4] and values.tolist() == [1.0, 2.0, np.inf]
+    assert {(p.name, p.first_step, p.nan, p.inf) for p in reader.nonfinite()} == {
+        ("loss", 3, True, False), ("acc", 4, False, True)}
+
+    with RunWriter(tmp_path / "written") as writer:
+        writer.write_scalars(1, {"loss": 0.75}, phase="batch")
+        writer.write_scalar_rows([2, 3, 4], ["loss", "acc"], rows, phase="batch")
+    again = RunReader(tmp_path / "written")
+    for name in ("loss", "acc"):
+        for a, b in zip(again.scalars(name, phase="batch"), reader.scalars(name, phase="batch")):
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda w: w.write_scalar_rows([1, 2], ["a"], [[1.0]], phase="batch"), "shape (2, 1)"),
+    (lambda w: w.write_scalar_rows([1], [""], [[1.0]], phase="batch"), "`names`"),
+    (lambda w: w.write_scalar_rows([-1], ["a"], [[1.0]], phase="batch"), "step"),
+    (lambda w: w.write_scalar_rows([1], ["a"], [["x"]], phase="batch"), "`values`"),
+    (lambda w: w.write_scalar_rows([1], ["a"], [[1.0]], phase="train"), "`phase`"),
+])
+def test_write_scalar_rows_refuses_bad_arguments_and_names_them(tmp_path, call, message):
+    with RunWriter(tmp_path) as writer:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            call(writer)
 
 
 def test_unknown_record_types_from_newer_writers_are_skipped_silently(tmp_path):
