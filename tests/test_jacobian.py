@@ -218,3 +218,22 @@ def test_only_the_exact_lecture_cells_get_the_closed_form():
 
     assert _jacobian.closed_form_kind(Sub(4), "cec") is None
     assert _jacobian.closed_form_kind(keras.layers.LSTMCell(4), "keras_lstm") is None
+
+
+@pytest.mark.parametrize("kind", ["vanilla", "forget"])
+def test_rows_left_uncertified_are_solved_exactly(kind, compiled, monkeypatch):
+    """Too few steps and no restart: the rows the Lanczos steps cannot certify go to the exact
+    solver (J column by column, λ_max(J Jᵀ)), whose values equal the SVD's."""
+    monkeypatch.setattr(_jacobian, "RESTART", 0)
+    monkeypatch.setattr(_jacobian, "LANCZOS_STEPS", {**_jacobian.LANCZOS_STEPS, kind: 2})
+    rng = np.random.default_rng(19)
+    args = case(kind, 25, rng, scale=1.5)
+    p, recurrent, h_prev, c_prev = args
+    gates, new = numpy_step(kind, *args)
+    prev = [h_prev] if kind == "vanilla" else [h_prev, c_prev]
+    jv, jtv, size = _jacobian.step_jacobian(kind, f32(recurrent), [f32(g) for g in gates],
+                                            [f32(s) for s in prev], [f32(s) for s in new])
+    _, certified, _ = _jacobian._lanczos(jv, jtv, 2, _jacobian._cold_start(25, size))
+    assert not certified.any()  # every row takes the exact path
+    np.testing.assert_allclose(closed_form(kind, *args, compiled=compiled),
+                               finite_difference_norms(kind, *args), rtol=1e-4)
