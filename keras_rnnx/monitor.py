@@ -325,8 +325,9 @@ class RNNMonitor(keras.callbacks.Callback):
             CPU time) stays within `overhead_budget` of the time spent training; the interval
             comes from the measured costs and step time and is planned again after every
             probe and epoch (the one-time tracing of the probe is not counted). A frame comes
-            at least every 5 % of the fit's steps wherever the budget pays for that. So
-            frequent on small models and rare on big ones.
+            at least every 5 % of the fit's steps wherever the budget pays for that, and at the
+            fit's last step in any case (the trained model). So frequent on small models and
+            rare on big ones.
         layers: probe only these layer keys (see `probe`); default all.
         jacobian: record the per-step Jacobian norms (the most expensive field); with
             `every="auto"` one frame in four has them where they take at most half of the
@@ -610,6 +611,12 @@ class RNNMonitor(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         if self._active:
+            if self._cadence is not None and self._step > self._last_frame:
+                # "auto": the trained model at the end of the fit is always recorded (one
+                # frame, with the Jacobian norms where recorded), whatever the plan left.
+                start = time.perf_counter()
+                self._frame(self.jacobian)
+                self._account(start)
             self._corpus_hook(final=True)
             self._writer.put("write_event", "train_end", {
                 "probes": self.probe_count, "probe_seconds": round(self.probe_seconds, 4),
