@@ -37,10 +37,15 @@ def test_kernels_are_built_where_a_compiler_is_installed():
 
 @pytest.fixture(scope="module")
 def native():
+    """The loaded kernels, with `KERAS_RNNX_NATIVE=1`: these tests check the kernels' numbers
+    and where they may run, so rx.RNN must take them wherever they can run, measured faster or
+    not (tests/test_native_select.py checks that choice)."""
     module = _native.load()
     if module is None:
         pytest.skip(_native.status())
-    return module
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("KERAS_RNNX_NATIVE", "1")
+        yield module
 
 
 @pytest.fixture(params=reference.KINDS)
