@@ -10,12 +10,14 @@ Workloads (all on the CPU, float32; `Input((T, input)) → RNN(units) → Dense(
   measured them faster than rx.RNN's TensorFlow loop), the same with the kernels off
   (`KERAS_RNNX_NATIVE=0`), and under XLA; `keras.layers.LSTM` with Keras's default compile and
   with XLA (the faster of the two is the Keras baseline); `torch.nn.LSTM` (its own loop of
-  `zero_grad`/`backward`/`step` over the same batches; if torch is installed:
+  `zero_grad`/`backward`/`step` over the same batches, on all cores (its default) and on one:
+  its OpenMP threads wait for each other at every step, which collapses when another process
+  holds a core, so the faster of the two is the baseline; if torch is installed:
   `pip install torch==2.13.0`); in W1 the other three cells in `rx.RNN`.
 - Inference (forward only) at batch 64 and 1: `predict_on_batch` (batch 64), and
   `model(x, training=False)` in a `tf.function` with and without `jit_compile`; the model
   exported with `model.export` and served by `tf.saved_model.load(...).serve` (it runs
-  without keras-rnnx); `torch.nn.LSTM` under `torch.no_grad()`.
+  without keras-rnnx); `torch.nn.LSTM` under `torch.no_grad()` (on all cores and on one).
 - Roofline: the machine's large-matmul rate (2048² float32 in TensorFlow, GFLOP/s), against
   which the training steps' rate is reported (FLOPs of the matrix products only: forward
   x·W and h·U, backward twice that; W1 ≈ 3.15 GFLOP a step for the LSTMs).
@@ -52,6 +54,8 @@ from keras_rnnx._native import select  # noqa: E402
 N_BLOCKS = {"vanilla": 1, "cec": 1, "original": 3, "forget": 4}
 KERAS_LSTM = ("keras.layers.LSTM", "keras.layers.LSTM XLA")
 TORCH = "torch.nn.LSTM"
+TORCH_1 = "torch.nn.LSTM 1 thread"
+TORCH_BEST = "torch (faster)"
 
 
 @contextlib.contextmanager
@@ -117,7 +121,6 @@ def torch_parts(steps, features, units):
         import torch
     except ImportError:
         return None
-    torch.set_num_threads(os.cpu_count() or 1)
     torch.manual_seed(0)
 
     class Net(torch.nn.Module):
@@ -133,13 +136,15 @@ def torch_parts(steps, features, units):
     net = Net()
     optimizer = torch.optim.Adam(net.parameters())
 
-    def train_step(x, y):
+    def train_step(x, y, threads):
+        torch.set_num_threads(threads)
         optimizer.zero_grad(set_to_none=True)
         loss = torch.nn.functional.mse_loss(net(x), y)
         loss.backward()
         optimizer.step()
 
-    def predict(x):
+    def predict(x, threads):
+        torch.set_num_threads(threads)
         with torch.no_grad():
             return net(x)
 
@@ -219,16 +224,19 @@ def run_training(label, batch, steps, features, units, kinds, rounds, calls, bat
         torch, train_step, _ = parts
         tx, ty = torch.from_numpy(x), torch.from_numpy(y)
 
-        def torch_fit():
+        def torch_fit(threads):
             stamps = []
             for k in range(batches):
-                train_step(tx[k * batch:(k + 1) * batch], ty[k * batch:(k + 1) * batch])
+                train_step(tx[k * batch:(k + 1) * batch], ty[k * batch:(k + 1) * batch],
+                           threads)
                 stamps.append(time.perf_counter())
             return statistics.median(np.diff(stamps)[1:])
 
-        fit_fns[TORCH] = torch_fit
-        tob_fns[TORCH] = lambda: per_call(lambda: train_step(tx[:batch], ty[:batch]), calls)
-        flops[TORCH] = train_flops(batch, steps, features, units, 4)
+        for name, threads in ((TORCH, os.cpu_count() or 1), (TORCH_1, 1)):
+            fit_fns[name] = lambda threads=threads: torch_fit(threads)
+            tob_fns[name] = lambda threads=threads: per_call(
+                lambda: train_step(tx[:batch], ty[:batch], threads), calls)
+            flops[name] = train_flops(batch, steps, features, units, 4)
     fns = {**{("fit", n): f for n, f in fit_fns.items()},
            **{("tob", n): f for n, f in tob_fns.items()}}
     medians = interleaved(fns, rounds)
@@ -237,9 +245,12 @@ def run_training(label, batch, steps, features, units, kinds, rounds, calls, bat
         table = {name: medians[(mode, name)] for name in fit_fns}
         table["Keras LSTM (faster)"] = min(table[name] for name in KERAS_LSTM)
         flops["Keras LSTM (faster)"] = flops[KERAS_LSTM[0]]
+        if TORCH in table:
+            table[TORCH_BEST] = min(table[TORCH], table[TORCH_1])
+            flops[TORCH_BEST] = flops[TORCH]
         print_table(f"{label} training, {what}: batch {batch}, T = {steps}, input {features}, "
                     f"units {units}, Adam; median of {rounds} interleaved rounds",
-                    table, ("Keras LSTM (faster)", TORCH), flops, peak)
+                    table, ("Keras LSTM (faster)", TORCH_BEST), flops, peak)
     print(f"  rx.RNN's compiled CPU kernels: {_native.status()}")
     for key, decision in select.decisions().items():
         print(f"  selection {key}: kernels {statistics.median(decision['kernels']) * 1e3:.2f} ms"
@@ -276,12 +287,15 @@ def run_inference(batch_sizes, steps, features, units, rounds, calls, with_torch
         if parts is not None:
             torch, _, predict = parts
             tx = torch.from_numpy(x_np)
-            fns[TORCH] = lambda: predict(tx)
+            fns[TORCH] = lambda: predict(tx, os.cpu_count() or 1)
+            fns[TORCH_1] = lambda: predict(tx, 1)
         n = calls * (10 if batch == 1 else 1)
         medians = interleaved({k: (lambda f=f: per_call(f, n)) for k, f in fns.items()}, rounds)
+        if TORCH in medians:
+            medians[TORCH_BEST] = min(medians[TORCH], medians[TORCH_1])
         print_table(f"Inference (forward only), batch {batch}, T = {steps}, input {features}, "
                     f"units {units}; median of {rounds} interleaved rounds × {n} calls",
-                    medians, ("keras.layers.LSTM tf.function", TORCH))
+                    medians, ("keras.layers.LSTM tf.function", TORCH_BEST))
 
 
 def main(argv=None):

@@ -2,12 +2,18 @@
 
 `cell_kernels.cc` holds the lecture cells' recurrence (forward, and backward through time) as
 two TensorFlow ops. The first time `keras_rnnx.RNN` trains one of the four cells on the CPU
-(without XLA), this module compiles it
-against the installed TensorFlow with the system's C++ compiler (about half a minute, once per
-machine, TensorFlow version and source) into a cache directory, then loads it with
-`tf.load_op_library`. Where that cannot be done — no compiler, a failed build, or
-`KERAS_RNNX_NATIVE=0` in the environment — `load()` returns None, `status()` says why, and
-`keras_rnnx.RNN` trains with its TensorFlow loop instead: the same numbers, only slower.
+(without XLA), this module compiles it against the installed TensorFlow with the system's C++
+compiler (about a minute, once per machine, TensorFlow version, vector ISA and source) into a
+cache directory, then loads it with `tf.load_op_library`. The library is built for the widest
+vector ISA the CPU has (`_ISAS`: AVX-512 F/VL/BW/DQ, else AVX2 + FMA, else the compiler's
+default); the ISA's name is part of the file name, so that a cache directory shared between
+machines never hands a CPU a library built for instructions it lacks. `KERAS_RNNX_ISA=avx2`
+(or `generic`) caps the ISA. Where the kernels cannot be built or loaded — no compiler, a
+failed build, or `KERAS_RNNX_NATIVE=0` in the environment — `load()` returns None, `status()`
+says why, and `keras_rnnx.RNN` trains with its TensorFlow loop instead: the same numbers.
+
+Whether `keras_rnnx.RNN` then uses the loaded kernels is measured, per shape class, by
+`keras_rnnx._native.select`: only where they ran faster than the TensorFlow loop.
 
 The ops appear only in training graphs; models saved as `.keras` files or exported for
 serving never contain them.
