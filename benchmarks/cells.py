@@ -1,31 +1,43 @@
 """Training and inference speed of the lecture cells against Keras's and PyTorch's LSTM.
 
-Workloads (all on the CPU, float32):
+Workloads (all on the CPU, float32; `Input((T, input)) → RNN(units) → Dense(1)`, MSE, Adam):
 
-- W1: one training step (forward, backward, Adam update) of `Input((100, 32)) → RNN(128) →
-  Dense(1)` on a batch of 64, for `ForgetGateLSTMCell` in `keras_rnnx.RNN` (compiled with
-  Keras's default, which on a CPU-only machine means no XLA: its compiled kernels; and with
-  XLA: its TensorFlow loop) and in `keras.layers.RNN` (Keras's generic loop, XLA),
-  `keras.layers.LSTM` in both configurations (the faster one is the baseline),
-  `torch.nn.LSTM` (if torch is installed: `pip install torch==2.13.0`), and the other three
-  cells in `keras_rnnx.RNN` (Keras's default); plus inference (forward only) at batch 1 and 64.
-- W2: the same training step on long sequences, T = 1000, units 256.
-- Roofline: the machine's large-matmul throughput (2048² float32, GFLOP/s), against which the
-  cells' achieved GFLOP/s is reported (FLOPs of the matrix products only).
+- W1: batch 64, T = 100, input 32, units 128. W2 (`--w2`): T = 1000, units 256.
+- Training, two ways: `model.fit` (one epoch of `--batches` batches per round from NumPy arrays,
+  the median time between consecutive batch ends, the first batch of each epoch left out) and
+  `train_on_batch`. Rows: `ForgetGateLSTMCell` in `rx.RNN` with Keras's default compile (on a
+  CPU-only machine: no XLA, and the compiled kernels where `keras_rnnx._native.select`
+  measured them faster than rx.RNN's TensorFlow loop), the same with the kernels off
+  (`KERAS_RNNX_NATIVE=0`), and under XLA; `keras.layers.LSTM` with Keras's default compile and
+  with XLA (the faster of the two is the Keras baseline); `torch.nn.LSTM` (its own loop of
+  `zero_grad`/`backward`/`step` over the same batches, on all cores (its default) and on one:
+  its OpenMP threads wait for each other at every step, which collapses when another process
+  holds a core, so the faster of the two is the baseline; if torch is installed:
+  `pip install torch==2.13.0`); in W1 the other three cells in `rx.RNN`.
+- Inference (forward only) at batch 64 and 1: `predict_on_batch` (batch 64), and
+  `model(x, training=False)` in a `tf.function` with and without `jit_compile`; the model
+  exported with `model.export` and served by `tf.saved_model.load(...).serve` (it runs
+  without keras-rnnx); `torch.nn.LSTM` under `torch.no_grad()` (on all cores and on one).
+- Roofline: the machine's large-matmul rate (2048² float32 in TensorFlow, GFLOP/s), against
+  which the training steps' rate is reported (FLOPs of the matrix products only: forward
+  x·W and h·U, backward twice that; W1 ≈ 3.15 GFLOP a step for the LSTMs).
 
-Every workload is timed in interleaved rounds (A, B, C, …, A, B, C, …) and the median
-per-step time is compared as a ratio against the named baselines measured in the same run.
+Every table is timed in interleaved rounds (A, B, C, …, A, B, C, …) and medians are compared
+as ratios against baselines measured in the same run, so that load from other processes
+shifts all rows alike.
 
-    python benchmarks/cells.py              # W1 + roofline (a few minutes)
-    python benchmarks/cells.py --w2         # also W2
+    python benchmarks/cells.py              # W1 + roofline (about 5 minutes on 2 cores)
+    python benchmarks/cells.py --w2         # also W2 (about 10 more)
     python benchmarks/cells.py --quick      # tiny sizes, a smoke run
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
+import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -37,45 +49,78 @@ from machine import describe  # noqa: E402
 
 import keras_rnnx as rx  # noqa: E402
 from keras_rnnx import _native  # noqa: E402
+from keras_rnnx._native import select  # noqa: E402
 
-N_BLOCKS = {"vanilla": 1, "cec": 1, "original": 3, "forget": 4, "keras_lstm": 4, "torch": 4}
+N_BLOCKS = {"vanilla": 1, "cec": 1, "original": 3, "forget": 4}
+KERAS_LSTM = ("keras.layers.LSTM", "keras.layers.LSTM XLA")
+TORCH = "torch.nn.LSTM"
+TORCH_1 = "torch.nn.LSTM 1 thread"
+TORCH_BEST = "torch (faster)"
 
 
-def keras_model(layer, steps, features, jit=True):
+@contextlib.contextmanager
+def native_policy(value):
+    """KERAS_RNNX_NATIVE while a model's graphs are traced (rx.RNN reads it at trace time)."""
+    old = os.environ.get("KERAS_RNNX_NATIVE")
+    os.environ["KERAS_RNNX_NATIVE"] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["KERAS_RNNX_NATIVE"]
+        else:
+            os.environ["KERAS_RNNX_NATIVE"] = old
+
+
+def keras_model(layer, steps, features, jit):
+    keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((steps, features)), layer, keras.layers.Dense(1)])
     model.compile(optimizer="adam", loss="mse", jit_compile=jit)
     return model
 
 
-KERAS_LSTM = ("keras.layers.LSTM", "keras.layers.LSTM XLA")
-
-
-def keras_workloads(steps, features, units, kinds):
-    """name -> (model, n_blocks). "XLA" rows compile with jit_compile=True; the others with
-    Keras's default, which on a CPU-only machine is no XLA."""
-    keras.utils.set_random_seed(0)
+def keras_models(steps, features, units, kinds):
+    """name -> (model, n_blocks, KERAS_RNNX_NATIVE while tracing). "XLA" rows compile with
+    jit_compile=True; the others with Keras's default, on a CPU-only machine no XLA."""
     forget = rx.ForgetGateLSTMCell
     out = {
-        "rx.RNN(forget)": (keras_model(rx.RNN(forget(units)), steps, features, "auto"), 4),
-        "rx.RNN(forget) XLA": (keras_model(rx.RNN(forget(units)), steps, features), 4),
-        "keras.layers.RNN(forget) XLA": (
-            keras_model(keras.layers.RNN(forget(units)), steps, features), 4),
-        KERAS_LSTM[0]: (keras_model(keras.layers.LSTM(units), steps, features, "auto"), 4),
-        KERAS_LSTM[1]: (keras_model(keras.layers.LSTM(units), steps, features), 4),
+        "rx.RNN(forget)": (keras_model(rx.RNN(forget(units)), steps, features, "auto"), 4,
+                           "auto"),
+        "rx.RNN(forget) kernels off": (
+            keras_model(rx.RNN(forget(units)), steps, features, "auto"), 4, "0"),
+        "rx.RNN(forget) XLA": (keras_model(rx.RNN(forget(units)), steps, features, True), 4,
+                               "auto"),
+        KERAS_LSTM[0]: (keras_model(keras.layers.LSTM(units), steps, features, "auto"), 4,
+                        "auto"),
+        KERAS_LSTM[1]: (keras_model(keras.layers.LSTM(units), steps, features, True), 4,
+                        "auto"),
     }
     for kind in kinds:
         if kind != "forget":
             out[f"rx.RNN({kind})"] = (keras_model(rx.RNN(rx.CELL_KINDS[kind](units)), steps,
-                                                  features, "auto"), N_BLOCKS[kind])
+                                                  features, "auto"), N_BLOCKS[kind], "auto")
     return out
 
 
-def torch_workload(steps, features, units):
+class BatchEnds(keras.callbacks.Callback):
+    """Seconds between consecutive batch ends within an epoch (the first batch left out: it
+    includes the epoch's setup)."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.stamps = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.stamps.append(time.perf_counter())
+
+    def step_seconds(self):
+        return list(np.diff(self.stamps))
+
+
+def torch_parts(steps, features, units):
     try:
         import torch
     except ImportError:
         return None
-    torch.set_num_threads(os.cpu_count() or 1)
     torch.manual_seed(0)
 
     class Net(torch.nn.Module):
@@ -91,24 +136,37 @@ def torch_workload(steps, features, units):
     net = Net()
     optimizer = torch.optim.Adam(net.parameters())
 
-    def train_step(x, y):
+    def train_step(x, y, threads):
+        torch.set_num_threads(threads)
         optimizer.zero_grad(set_to_none=True)
         loss = torch.nn.functional.mse_loss(net(x), y)
         loss.backward()
         optimizer.step()
 
-    def predict(x):
+    def predict(x, threads):
+        torch.set_num_threads(threads)
         with torch.no_grad():
-            net(x)
+            return net(x)
 
     return torch, train_step, predict
 
 
-def time_calls(fn, repeats):
+def per_call(fn, calls):
     start = time.perf_counter()
-    for _ in range(repeats):
+    for _ in range(calls):
         fn()
-    return (time.perf_counter() - start) / repeats
+    return (time.perf_counter() - start) / calls
+
+
+def interleaved(fns, rounds):
+    """name -> median over rounds of fn()'s returned seconds; one warm-up call each."""
+    for fn in fns.values():
+        fn()
+    times = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            times[name].append(fn())
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def matmul_gflops(size, repeats):
@@ -116,111 +174,161 @@ def matmul_gflops(size, repeats):
     b = tf.random.normal((size, size))
     matmul = tf.function(lambda a, b: tf.matmul(a, b))
     matmul(a, b).numpy()
-    seconds = min(time_calls(lambda: matmul(a, b).numpy(), repeats) for _ in range(3))
+    seconds = min(per_call(lambda: matmul(a, b).numpy(), repeats) for _ in range(3))
     return 2 * size**3 / seconds / 1e9
 
 
 def train_flops(batch, steps, features, units, blocks):
     """Matrix-product FLOPs of one training step: forward x·W and h·U, backward twice that."""
-    forward = 2 * batch * steps * (features + units) * blocks * units
-    return 3 * forward
+    return 3 * 2 * batch * steps * (features + units) * blocks * units
 
 
-def run_training(label, batch, steps, features, units, kinds, rounds, calls, with_torch):
+def print_table(title, medians, baselines, flops=None, peak=None):
+    print(f"\n{title}")
+    baselines = [b for b in baselines if b in medians]
+    header = f"  {'':<30}{'ms':>10}" + (f"{'GFLOP/s':>9}{'% roof':>8}" if flops else "")
+    print(header + "".join(f"{'÷ ' + b:>26}" for b in baselines))
+    for name, seconds in medians.items():
+        line = f"  {name:<30}{seconds * 1e3:>10.2f}"
+        if flops:
+            rate = flops[name] / seconds / 1e9
+            line += f"{rate:>9.1f}{100 * rate / peak:>7.0f}%"
+        print(line + "".join(f"{seconds / medians[b]:>26.2f}" for b in baselines))
+
+
+def run_training(label, batch, steps, features, units, kinds, rounds, calls, batches,
+                 with_torch, peak):
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(batch, steps, features)).astype("float32")
-    y = rng.normal(size=(batch, 1)).astype("float32")
-    workloads = {name: (lambda m=model: m.train_on_batch(x, y), blocks)
-                 for name, (model, blocks) in keras_workloads(steps, features, units,
-                                                              kinds).items()}
-    torch_parts = torch_workload(steps, features, units) if with_torch else None
-    if torch_parts is not None:
-        torch, train_step, _ = torch_parts
+    x = rng.normal(size=(batch * batches, steps, features)).astype("float32")
+    y = rng.normal(size=(batch * batches, 1)).astype("float32")
+    models = keras_models(steps, features, units, kinds)
+    fit_fns, tob_fns, flops = {}, {}, {}
+    for name, (model, blocks, policy) in models.items():
+        flops[name] = train_flops(batch, steps, features, units, blocks)
+        callback = BatchEnds()
+
+        def fit(model=model, callback=callback):
+            model.fit(x, y, batch_size=batch, epochs=1, shuffle=False, verbose=0,
+                      callbacks=[callback])
+            return statistics.median(callback.step_seconds()[1:])
+
+        def train_on_batch(model=model):
+            return per_call(lambda: model.train_on_batch(x[:batch], y[:batch]), calls)
+
+        with native_policy(policy):  # both training functions are traced here
+            fit()
+            train_on_batch()
+        fit_fns[name], tob_fns[name] = fit, train_on_batch
+    parts = torch_parts(steps, features, units) if with_torch else None
+    if parts is not None:
+        torch, train_step, _ = parts
         tx, ty = torch.from_numpy(x), torch.from_numpy(y)
-        workloads["torch.nn.LSTM"] = (lambda: train_step(tx, ty), 4)
-    for fn, _ in workloads.values():  # compile / warm up
-        fn()
-        fn()
-    times = {name: [] for name in workloads}
-    for _ in range(rounds):
-        for name, (fn, _) in workloads.items():
-            times[name].append(time_calls(fn, calls))
-    medians = {name: statistics.median(values) for name, values in times.items()}
-    # The Keras LSTM baseline is the faster of its two configurations in this run.
-    medians["Keras LSTM (faster)"] = min(medians[name] for name in KERAS_LSTM)
-    print(f"\n{label}: training step, batch {batch}, T = {steps}, input {features}, "
-          f"units {units}; median of {rounds} interleaved rounds × {calls} steps")
-    baselines = [b for b in ("Keras LSTM (faster)", "torch.nn.LSTM") if b in medians]
-    header = f"{'':<30}{'ms/step':>9}{'GFLOP/s':>9}" + "".join(f"{'÷ ' + b:>24}"
-                                                             for b in baselines)
-    print(header)
-    for name in workloads:
-        seconds = medians[name]
-        flops = train_flops(batch, steps, features, units, workloads[name][1])
-        ratios = "".join(f"{seconds / medians[b]:>24.2f}" for b in baselines)
-        print(f"{name:<30}{seconds * 1e3:>9.1f}{flops / seconds / 1e9:>9.2f}{ratios}")
-    print(f"rx.RNN's compiled CPU kernels: {_native.status()}")
-    return medians
+
+        def torch_fit(threads):
+            stamps = []
+            for k in range(batches):
+                train_step(tx[k * batch:(k + 1) * batch], ty[k * batch:(k + 1) * batch],
+                           threads)
+                stamps.append(time.perf_counter())
+            return statistics.median(np.diff(stamps)[1:])
+
+        for name, threads in ((TORCH, os.cpu_count() or 1), (TORCH_1, 1)):
+            fit_fns[name] = lambda threads=threads: torch_fit(threads)
+            tob_fns[name] = lambda threads=threads: per_call(
+                lambda: train_step(tx[:batch], ty[:batch], threads), calls)
+            flops[name] = train_flops(batch, steps, features, units, 4)
+    fns = {**{("fit", n): f for n, f in fit_fns.items()},
+           **{("tob", n): f for n, f in tob_fns.items()}}
+    medians = interleaved(fns, rounds)
+    for mode, what in (("fit", f"model.fit, {batches} batches an epoch, median step"),
+                       ("tob", f"train_on_batch, {calls} calls a round")):
+        table = {name: medians[(mode, name)] for name in fit_fns}
+        table["Keras LSTM (faster)"] = min(table[name] for name in KERAS_LSTM)
+        flops["Keras LSTM (faster)"] = flops[KERAS_LSTM[0]]
+        if TORCH in table:
+            table[TORCH_BEST] = min(table[TORCH], table[TORCH_1])
+            flops[TORCH_BEST] = flops[TORCH]
+        print_table(f"{label} training, {what}: batch {batch}, T = {steps}, input {features}, "
+                    f"units {units}, Adam; median of {rounds} interleaved rounds",
+                    table, ("Keras LSTM (faster)", TORCH_BEST), flops, peak)
+    print(f"  rx.RNN's compiled CPU kernels: {_native.status()}")
+    for key, decision in select.decisions().items():
+        print(f"  selection {key}: kernels {statistics.median(decision['kernels']) * 1e3:.2f} ms"
+              f", loop {statistics.median(decision['loop']) * 1e3:.2f} ms → "
+              f"{'kernels' if decision['use_kernels'] else 'TensorFlow loop'}"
+              if decision.get("kernels") else f"  selection {key}: {decision}")
 
 
 def run_inference(batch_sizes, steps, features, units, rounds, calls, with_torch):
-    print(f"\nInference (forward only), T = {steps}, input {features}, units {units}; "
-          f"median of {rounds} interleaved rounds × {calls} calls")
     keras.utils.set_random_seed(0)
-    layers = {
-        "rx.RNN(forget)": rx.RNN(rx.ForgetGateLSTMCell(units)),
-        "keras.layers.RNN(forget)": keras.layers.RNN(rx.ForgetGateLSTMCell(units)),
-        "keras.layers.LSTM": keras.layers.LSTM(units),
-    }
-    torch_parts = torch_workload(steps, features, units) if with_torch else None
+    models = {"rx.RNN(forget)": keras_model(rx.RNN(rx.ForgetGateLSTMCell(units)), steps,
+                                            features, "auto"),
+              "keras.layers.LSTM": keras_model(keras.layers.LSTM(units), steps, features,
+                                               "auto")}
+    served = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, model in models.items():
+            path = os.path.join(tmp, name.replace("(", "_").replace(")", ""))
+            model.export(path, verbose=False)
+            served[name] = tf.saved_model.load(path)
+    parts = torch_parts(steps, features, units) if with_torch else None
     rng = np.random.default_rng(1)
     for batch in batch_sizes:
-        x = tf.constant(rng.normal(size=(batch, steps, features)).astype("float32"))
+        x_np = rng.normal(size=(batch, steps, features)).astype("float32")
+        x = tf.constant(x_np)
         fns = {}
-        for name, layer in layers.items():
-            fn = tf.function(layer, jit_compile=True)
-            fns[name] = lambda fn=fn: fn(x).numpy()
-        if torch_parts is not None:
-            torch, _, predict = torch_parts
-            tx = torch.from_numpy(x.numpy())
-            fns["torch.nn.LSTM"] = lambda: predict(tx)
-        for fn in fns.values():
-            fn()
-        times = {name: [] for name in fns}
-        for _ in range(rounds):
-            for name, fn in fns.items():
-                times[name].append(time_calls(fn, calls))
-        base = statistics.median(times["keras.layers.LSTM"])
-        for name, values in times.items():
-            median = statistics.median(values)
-            print(f"  batch {batch:<4}{name:<26}{median * 1e3:>9.2f} ms"
-                  f"{median / base:>8.2f} × keras.layers.LSTM")
+        for name, model in models.items():
+            if batch > 1:
+                fns[f"{name} predict_on_batch"] = lambda m=model: m.predict_on_batch(x_np)
+            for jit, tag in ((False, "tf.function"), (True, "tf.function XLA")):
+                fn = tf.function(lambda v, m=model: m(v, training=False), jit_compile=jit)
+                fns[f"{name} {tag}"] = lambda fn=fn: fn(x).numpy()
+            fns[f"{name} exported serve"] = lambda s=served[name]: s.serve(x).numpy()
+        if parts is not None:
+            torch, _, predict = parts
+            tx = torch.from_numpy(x_np)
+            fns[TORCH] = lambda: predict(tx, os.cpu_count() or 1)
+            fns[TORCH_1] = lambda: predict(tx, 1)
+        n = calls * (10 if batch == 1 else 1)
+        medians = interleaved({k: (lambda f=f: per_call(f, n)) for k, f in fns.items()}, rounds)
+        if TORCH in medians:
+            medians[TORCH_BEST] = min(medians[TORCH], medians[TORCH_1])
+        print_table(f"Inference (forward only), batch {batch}, T = {steps}, input {features}, "
+                    f"units {units}; median of {rounds} interleaved rounds × {n} calls",
+                    medians, ("keras.layers.LSTM tf.function", TORCH_BEST))
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--calls", type=int, default=5, help="steps timed per round")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--calls", type=int, default=5, help="train_on_batch calls a round")
+    parser.add_argument("--batches", type=int, default=20, help="model.fit batches an epoch")
     parser.add_argument("--w2", action="store_true", help="also run W2 (T = 1000, units 256)")
+    parser.add_argument("--no-w1", action="store_true", help="skip W1 training")
+    parser.add_argument("--no-inference", action="store_true")
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, a smoke run")
     args = parser.parse_args(argv)
     kinds = ["vanilla", "cec", "original", "forget"]
     with_torch = not args.no_torch
-    print(f"machine: {describe()}; tensorflow {tf.__version__}, "
-          f"keras {keras.__version__}, numpy {np.__version__}")
+    print(f"machine: {describe()}; load average {os.getloadavg()[0]:.1f}; tensorflow "
+          f"{tf.__version__}, keras {keras.__version__}, numpy {np.__version__}")
     size, repeats = (256, 2) if args.quick else (2048, 3)
     peak = matmul_gflops(size, repeats)
     print(f"roofline: {size}² float32 matmul at {peak:.1f} GFLOP/s")
     if args.quick:
-        run_training("W1 (quick)", 8, 10, 4, 8, kinds, 2, 1, with_torch)
+        run_training("W1 (quick)", 8, 10, 4, 8, kinds, 2, 1, 4, with_torch, peak)
         run_inference([1, 8], 10, 4, 8, 2, 1, with_torch)
         return
-    run_training("W1", 64, 100, 32, 128, kinds, args.rounds, args.calls, with_torch)
-    run_inference([1, 64], 100, 32, 128, args.rounds, args.calls, with_torch)
+    if not args.no_w1:
+        run_training("W1", 64, 100, 32, 128, kinds, args.rounds, args.calls, args.batches,
+                     with_torch, peak)
+    if not args.no_inference:
+        run_inference([64, 1], 100, 32, 128, args.rounds, args.calls, with_torch)
     if args.w2:
-        run_training("W2", 64, 1000, 32, 256, ["forget"], max(3, args.rounds // 2), 1,
-                     with_torch)
+        run_training("W2", 64, 1000, 32, 256, ["forget"], max(3, args.rounds // 2), 1, 4,
+                     with_torch, peak)
+    print(f"\nload average at the end: {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from keras import ops
 from keras.src import backend as keras_backend
 
 from keras_rnnx import _native, _validation
+from keras_rnnx._native import select as _select
 from keras_rnnx.cells.base import LectureCell
 from keras_rnnx.cells.cec import CECCell
 from keras_rnnx.cells.forget_gate_lstm import ForgetGateLSTMCell
@@ -59,7 +60,11 @@ class RNN(keras.layers.RNN):
     without XLA, the four cells with their default tanh/sigmoid activations in float32, without
     a mask or recurrent dropout, train with compiled kernels for the recurrence and its
     backward pass (`keras_rnnx._native`, built on first use; `keras_rnnx._native.status()`
-    says whether they are in use). Dropout,
+    says whether they are loaded) wherever they measured faster than the TensorFlow loop on
+    this machine, for this cell, width and batch size (`keras_rnnx._native.select`: measured
+    once, when the first training graph of that shape class is traced, and cached; the
+    environment variable `KERAS_RNNX_NATIVE` = 0 / 1 / auto turns them off, on, or leaves the
+    choice to the measurement, the default). Dropout,
     recurrent dropout, masks, `go_backwards`, `stateful`, `unroll` and `initial_state` behave
     exactly as in `keras.layers.RNN`. In training on a GPU, a `ForgetGateLSTMCell` with
     tanh/sigmoid activations, a bias and no recurrent dropout runs on Keras's cuDNN kernel,
@@ -101,8 +106,11 @@ class RNN(keras.layers.RNN):
         cell = self.cell
         # Measured in benchmarks/cells.py: the hoisted projection speeds up training on long
         # sequences (T = 1000: 0.84x the generic loop) but slows the forward-only pass under
-        # XLA, where the loop reads a 4-8x wider per-step input; inference keeps the generic
-        # loop.
+        # XLA, where the loop reads a 4-8x wider per-step input (without XLA it gains nothing
+        # in inference either: 24.4 against 23.0 ms at batch 64, T = 100, units 128); inference
+        # keeps the generic loop. Inference never takes the compiled kernels: the inference
+        # graph is what `model.export` and `tf.saved_model.save` trace (outside any context
+        # that would tell this layer so), and a served model must run without keras-rnnx.
         if not training or not self._hoists_projection():
             return super().inner_loop(sequences, initial_state, mask, training=training)
         if isinstance(mask, (list, tuple)):
@@ -128,29 +136,13 @@ class RNN(keras.layers.RNN):
         kind = self._native_kind() if mask is None and recurrent_mask is None else None
         if kind is not None:
             module = _native.load()
-            if module is not None:
+            if module is not None and _kernels_measured_faster(module, cell, kind, projected):
                 return self._native_loop(module, kind, projected, recurrent_kernel,
                                          initial_state)
-
-        def step(projected_t, states):
-            h_prev = states[0] if recurrent_mask is None else states[0] * recurrent_mask
-            a = projected_t + ops.matmul(h_prev, recurrent_kernel)
-            new_states, _ = cell.equations(a, states)
-            return new_states[0], new_states
-
-        last_output, outputs, states = keras_backend.rnn(
-            step,
-            projected,
-            list(initial_state),
-            go_backwards=self.go_backwards,
-            mask=None if mask is None else ops.transpose(mask, (1, 0)),
-            unroll=self.unroll,
-            input_length=sequences.shape[1],
-            time_major=True,
-            zero_output_for_mask=self.zero_output_for_mask,
-            return_all_outputs=self.return_sequences,
-        )
-        return last_output, ops.transpose(outputs, (1, 0, 2)), states
+        return _tf_loop(cell, projected, recurrent_kernel, initial_state, recurrent_mask,
+                        mask, go_backwards=self.go_backwards, unroll=self.unroll,
+                        zero_output_for_mask=self.zero_output_for_mask,
+                        return_sequences=self.return_sequences)
 
     def _hoists_projection(self) -> bool:
         """Whether training takes the hoisted-projection loop (the lecture cells only)."""
@@ -208,6 +200,74 @@ class RNN(keras.layers.RNN):
         return out
 
 
+def _tf_loop(cell, projected, recurrent_kernel, initial_state, recurrent_mask=None, mask=None,
+             go_backwards=False, unroll=False, zero_output_for_mask=False,
+             return_sequences=True):
+    """The hoisted-projection loop in TensorFlow: a_t = projected_t + h_{t-1} @ R, then the
+    cell's equations. `projected`: (T, batch, n_blocks · units), time-major; returns
+    (last output, outputs batch-major, final states), as `keras.layers.RNN.inner_loop`."""
+
+    def step(projected_t, states):
+        h_prev = states[0] if recurrent_mask is None else states[0] * recurrent_mask
+        a = projected_t + ops.matmul(h_prev, recurrent_kernel)
+        new_states, _ = cell.equations(a, states)
+        return new_states[0], new_states
+
+    last_output, outputs, states = keras_backend.rnn(
+        step,
+        projected,
+        list(initial_state),
+        go_backwards=go_backwards,
+        mask=None if mask is None else ops.transpose(mask, (1, 0)),
+        unroll=unroll,
+        input_length=projected.shape[0],
+        time_major=True,
+        zero_output_for_mask=zero_output_for_mask,
+        return_all_outputs=return_sequences,
+    )
+    return last_output, ops.transpose(outputs, (1, 0, 2)), states
+
+
+def _kernels_measured_faster(module, cell, kind, projected) -> bool:
+    """Whether this cell's shape class trains faster on the compiled kernels than on
+    `_tf_loop` on this machine (`keras_rnnx._native.select`; measured on first use)."""
+    return _select.use_kernels(
+        module.path, kind, cell.units, projected.shape[1],
+        lambda batch: _measure_paths(module, cell, kind, batch))
+
+
+def _measure_paths(module, cell, kind, batch) -> dict[str, list[float]]:
+    """Seconds per forward + backward pass through `MEASURE_STEPS` steps of the kernels and of
+    `_tf_loop` for this cell at this batch size, on random inputs (interleaved rounds)."""
+    import tensorflow as tf
+
+    steps, units = _select.MEASURE_STEPS, cell.units
+    width = _native_width(kind, units)
+    with tf.init_scope():  # run eagerly even while a training graph is being traced
+        projected = tf.random.stateless_normal((steps, batch, width), seed=(1, 2))
+        recurrent_kernel = tf.random.stateless_normal((units, width), seed=(3, 4)) * 0.1
+        h0 = tf.zeros((batch, units))
+        initial_state = [h0, h0][: len(keras.tree.flatten(cell.state_size))]
+
+        def gradients(run):
+            # tf.gradients, not a GradientTape: init_scope pauses tapes, also inside the graph.
+            @tf.function(jit_compile=False, autograph=False)
+            def fn(projected, recurrent_kernel):
+                loss = tf.reduce_sum(run(projected, recurrent_kernel))
+                return tf.gradients(loss, [projected, recurrent_kernel])
+            return lambda: [g.numpy() for g in fn(projected, recurrent_kernel)]
+
+        return _select.time_interleaved({
+            "kernels": gradients(lambda p, r: _native_cell(module, kind, p, r, h0, h0)[1]),
+            "loop": gradients(lambda p, r: _tf_loop(cell, p, r, initial_state,
+                                                    return_sequences=False)[0]),
+        })
+
+
+def _native_width(kind: str, units: int) -> int:
+    return {"forget": 4, "original": 3}.get(kind, 1) * units
+
+
 def _project(cell, x):
     """x @ kernel + bias for all steps, time-major: (T, batch, n_blocks · units).
 
@@ -238,8 +298,17 @@ def _native_cell(module, kind, projected, recurrent_kernel, h0, c0):
             dh_seq = tf.zeros_like(h) if dh_seq is None else dh_seq
             dh_last = tf.zeros_like(h0) if dh_last is None else dh_last
             dc_last = tf.zeros_like(c0) if dc_last is None else dc_last
-            return module.rnnx_cell_backward(recurrent_kernel, h0, c0, h, c, gates, dh_seq,
-                                             dh_last, dc_last, cell=kind)
+            dp, _, dh0, dc0 = module.rnnx_cell_backward(
+                recurrent_kernel, h0, c0, h, c, gates, dh_seq, dh_last, dc_last, cell=kind,
+                with_d_recurrent_kernel=False)
+            # dR = Σ_t h_{t-1}ᵀ da_t as one (T·batch)-deep product in TensorFlow's MatMul
+            # (oneDNN): measured 0.75x the backward op's time with Eigen's contraction at
+            # W1's shape on a 2-core AMD EPYC with AVX-512, on par at T = 1000, units 256.
+            units, width = tf.shape(recurrent_kernel)[0], tf.shape(recurrent_kernel)[1]
+            h_prev = tf.concat([h0[None], h], axis=0)[:-1]  # h_{t-1} for t = 0 .. T-1
+            d_recurrent = tf.matmul(tf.reshape(h_prev, (-1, units)), tf.reshape(dp, (-1, width)),
+                                    transpose_a=True)
+            return dp, d_recurrent, dh0, dc0
 
         return (h, h[-1], c[-1]), grad
 

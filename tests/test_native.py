@@ -37,10 +37,15 @@ def test_kernels_are_built_where_a_compiler_is_installed():
 
 @pytest.fixture(scope="module")
 def native():
+    """The loaded kernels, with `KERAS_RNNX_NATIVE=1`: these tests check the kernels' numbers
+    and where they may run, so rx.RNN must take them wherever they can run, measured faster or
+    not (tests/test_native_select.py checks that choice)."""
     module = _native.load()
     if module is None:
         pytest.skip(_native.status())
-    return module
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("KERAS_RNNX_NATIVE", "1")
+        yield module
 
 
 @pytest.fixture(params=reference.KINDS)
@@ -190,6 +195,27 @@ def test_kernels_check_their_inputs(native):
     with pytest.raises(tf.errors.InvalidArgumentError, match="p must have shape"):
         native.rnnx_cell_forward(tf.zeros((T, B, 4 * U + 1)), tf.zeros((U, 4 * U)),
                                  tf.zeros((B, U)), tf.zeros((B, U)), cell="forget")
+
+
+def test_backward_can_leave_the_recurrent_kernel_gradient_to_the_caller(native):
+    """With with_d_recurrent_kernel=False (as rx.RNN calls it, computing dR with tf.matmul)
+    the other gradients are unchanged and dR is an empty [0, width] tensor."""
+    rng = np.random.default_rng(9)
+    p = tf.constant(rng.normal(size=(T, B, 4 * U)).astype("float32"))
+    r = tf.constant(rng.normal(scale=0.3, size=(U, 4 * U)).astype("float32"))
+    h0, c0, dh_last, dc_last = (tf.constant(rng.normal(size=(B, U)).astype("float32"))
+                                for _ in range(4))
+    h, c, gates = native.rnnx_cell_forward(p, r, h0, c0, cell="forget")
+    dh = tf.constant(rng.normal(size=(T, B, U)).astype("float32"))
+    args = (r, h0, c0, h, c, gates, dh, dh_last, dc_last)
+    full = native.rnnx_cell_backward(*args, cell="forget")
+    part = native.rnnx_cell_backward(*args, cell="forget", with_d_recurrent_kernel=False)
+    for k in (0, 2, 3):
+        np.testing.assert_array_equal(part[k].numpy(), full[k].numpy())
+    assert part[1].shape == (0, 4 * U)
+    h_prev = np.concatenate([h0.numpy()[None], h.numpy()[:-1]]).reshape(-1, U)
+    np.testing.assert_allclose(full[1].numpy(), h_prev.T @ full[0].numpy().reshape(-1, 4 * U),
+                               rtol=1e-4, atol=1e-4)
 
 
 def test_saved_models_do_not_contain_the_kernels(native, tmp_path):

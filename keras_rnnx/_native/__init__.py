@@ -2,12 +2,18 @@
 
 `cell_kernels.cc` holds the lecture cells' recurrence (forward, and backward through time) as
 two TensorFlow ops. The first time `keras_rnnx.RNN` trains one of the four cells on the CPU
-(without XLA), this module compiles it
-against the installed TensorFlow with the system's C++ compiler (about half a minute, once per
-machine, TensorFlow version and source) into a cache directory, then loads it with
-`tf.load_op_library`. Where that cannot be done — no compiler, a failed build, or
-`KERAS_RNNX_NATIVE=0` in the environment — `load()` returns None, `status()` says why, and
-`keras_rnnx.RNN` trains with its TensorFlow loop instead: the same numbers, only slower.
+(without XLA), this module compiles it against the installed TensorFlow with the system's C++
+compiler (about a minute, once per machine, TensorFlow version, vector ISA and source) into a
+cache directory, then loads it with `tf.load_op_library`. The library is built for the widest
+vector ISA the CPU has (`_ISAS`: AVX-512 F/VL/BW/DQ, else AVX2 + FMA, else the compiler's
+default); the ISA's name is part of the file name, so that a cache directory shared between
+machines never hands a CPU a library built for instructions it lacks. `KERAS_RNNX_ISA=avx2`
+(or `generic`) caps the ISA. Where the kernels cannot be built or loaded — no compiler, a
+failed build, or `KERAS_RNNX_NATIVE=0` in the environment — `load()` returns None, `status()`
+says why, and `keras_rnnx.RNN` trains with its TensorFlow loop instead: the same numbers.
+
+Whether `keras_rnnx.RNN` then uses the loaded kernels is measured, per shape class, by
+`keras_rnnx._native.select`: only where they ran faster than the TensorFlow loop.
 
 The ops appear only in training graphs; models saved as `.keras` files or exported for
 serving never contain them.
@@ -49,7 +55,8 @@ def load():
         if not _state["loaded"]:
             try:
                 _state["module"] = _load()
-                _state["status"] = f"in use ({_state['module'].path})"
+                _state["status"] = (f"in use ({_state['module'].path}, built for "
+                                     f"{_state['module'].isa})")
             except _Unavailable as reason:
                 _state["status"] = f"not in use: {reason}"
             except Exception as error:  # noqa: BLE001 - any failure means: the TensorFlow loop
@@ -63,10 +70,11 @@ class _Unavailable(Exception):
 
 
 class _Module:
-    def __init__(self, ops, path: Path):
+    def __init__(self, ops, path: Path, isa_name: str):
         self.rnnx_cell_forward = ops.rnnx_cell_forward
         self.rnnx_cell_backward = ops.rnnx_cell_backward
         self.path = path
+        self.isa = isa_name
 
 
 def _cache_dir() -> Path:
@@ -76,19 +84,55 @@ def _cache_dir() -> Path:
     return Path(base) / "keras_rnnx"
 
 
-def _cpu_flags() -> list[str]:
-    """-mavx2 -mfma where this CPU has them (x86-64 Linux); the cache key includes them."""
+# The vector ISAs the kernels are built for, widest first: (name, /proc/cpuinfo flags that must
+# all be present, compiler flags). Explicit feature flags rather than -march=native: the ISA's
+# name goes into the cache file's name, so a cache directory shared between machines (a home
+# directory on a cluster) never hands one CPU a library built for another's instructions, and
+# two CPUs with the same ISA share one build. AVX-512 F/VL/BW/DQ is the set every AVX-512 CPU
+# since Skylake-SP has; Eigen uses 16-float packets and its AVX-512 matrix-product kernel there.
+_ISAS = (
+    ("avx512", {"avx512f", "avx512vl", "avx512bw", "avx512dq", "avx2", "fma"},
+     ["-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512dq", "-mavx2", "-mfma"]),
+    ("avx2", {"avx2", "fma"}, ["-mavx2", "-mfma"]),
+)
+
+
+def _cpu_isa() -> tuple[str, list[str]]:
+    """(name, compiler flags) of the widest vector ISA in `_ISAS` this CPU has (x86-64 Linux);
+    ("generic", []) elsewhere. `KERAS_RNNX_ISA=avx2` (or `generic`) caps it."""
     if platform.machine() not in ("x86_64", "AMD64"):
-        return []
+        return "generic", []
+    flags: set[str] = set()
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as file:
             for line in file:
                 if line.startswith("flags"):
                     flags = set(line.split(":", 1)[1].split())
-                    return ["-mavx2", "-mfma"] if {"avx2", "fma"} <= flags else []
+                    break
     except OSError:
         pass
-    return []
+    return isa_for(flags, os.environ.get("KERAS_RNNX_ISA", ""))
+
+
+def isa_for(cpu_flags: set[str], cap: str = "") -> tuple[str, list[str]]:
+    """(name, compiler flags) of the widest ISA in `_ISAS` whose /proc/cpuinfo flags are all in
+    `cpu_flags`, no wider than `cap` ("avx512", "avx2", "generic"; "" for no cap)."""
+    names = [name for name, _, _ in _ISAS] + ["generic"]
+    cap = cap.strip().lower()
+    if cap and cap not in names:
+        raise _Unavailable(f"KERAS_RNNX_ISA must be one of {', '.join(names)}, got {cap!r}")
+    allowed = names[names.index(cap):] if cap else names
+    for name, needed, compile_flags in _ISAS:
+        if name in allowed and needed <= cpu_flags:
+            return name, list(compile_flags)
+    return "generic", []
+
+
+def isa() -> str | None:
+    """The vector ISA the loaded kernels were built for ("avx512", "avx2", "generic"), or None
+    where they are not in use."""
+    module = load()
+    return None if module is None else module.isa
 
 
 def _load():
@@ -101,7 +145,10 @@ def _load():
     compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
     if not compiler:
         raise _Unavailable("no C++ compiler found (set CXX, or install g++)")
-    flags = (["-std=c++17", "-O3", "-shared", "-fPIC", "-w", *_cpu_flags()]
+    isa_name, isa_flags = _cpu_isa()
+    # Hidden visibility: the library's own instances of Eigen's templates (built for this ISA)
+    # must never stand in for TensorFlow's, nor TensorFlow's for them.
+    flags = (["-std=c++17", "-O3", "-shared", "-fPIC", "-fvisibility=hidden", "-w", *isa_flags]
              + tf.sysconfig.get_compile_flags())
     link = tf.sysconfig.get_link_flags()
     key = hashlib.sha256()
@@ -110,14 +157,14 @@ def _load():
         key.update(part)
         key.update(b"\0")
     cache = _cache_dir()
-    target = cache / f"cell_kernels-{key.hexdigest()[:16]}.so"
+    target = cache / f"cell_kernels-{isa_name}-{key.hexdigest()[:16]}.so"
     if not target.exists():
         _compile(compiler, flags, link, cache, target)
     try:
         ops = tf.load_op_library(str(target))
     except Exception as error:  # noqa: BLE001 - any failure means: use the TensorFlow loop
         raise _Unavailable(f"cannot load {target}: {error}") from None
-    return _Module(ops, target)
+    return _Module(ops, target, isa_name)
 
 
 def _compile(compiler: str, flags: list[str], link: list[str], cache: Path, target: Path):

@@ -10,13 +10,17 @@
 //
 // RnnxCellForward runs the loop once and keeps the block activations; RnnxCellBackward runs
 // it backwards from them: per step only the elementwise derivatives and dh_{t-1} = da_t Rᵀ,
-// then dR = Σ_t h_{t-1}ᵀ da_t as one large product. The recurrence of each sample is
-// independent of the others, so the batch is split into row blocks that TensorFlow's intra-op
-// thread pool runs through all steps at once, without a synchronisation per step; dR runs on
-// the whole pool.
+// then dR = Σ_t h_{t-1}ᵀ da_t as one large product (unless attribute
+// `with_d_recurrent_kernel` is false: then that output is an empty [0, width] tensor and the
+// caller computes dR, e.g. with TensorFlow's MatMul, which measured faster than Eigen's
+// contraction). The recurrence of
+// each sample is independent of the others, so the batch is split into row blocks that
+// TensorFlow's intra-op thread pool runs through all steps at once, without a synchronisation
+// per step; dR runs on the whole pool.
 
 #define EIGEN_USE_THREADS
 #include <algorithm>
+#include <atomic>
 #include <string>
 
 #include <Eigen/Core>
@@ -24,7 +28,8 @@
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/shape_inference.h"
-#include "tensorflow/core/util/work_sharder.h"
+#include "tensorflow/core/platform/blocking_counter.h"
+#include "tensorflow/core/lib/core/threadpool.h"
 #include "unsupported/Eigen/CXX11/Tensor"
 
 namespace {
@@ -49,19 +54,42 @@ using ConstRowMatrixMap = Eigen::Map<const RowMatrix>;
 // Contraction index pairs: a·b, a·bᵀ and aᵀ·b.
 const Product kAtB = {Eigen::IndexPair<int>(0, 0)};
 
-// Runs body(first_row, rows) for row blocks of the batch, in parallel on the intra-op pool.
+// Runs body(first_row, rows) for row blocks of the batch, in parallel on the intra-op pool:
+// one block per thread (smaller blocks make the per-step product slower: measured 10-30 %
+// slower with two or four blocks per thread on a 2-core AMD EPYC), at least kMinRows rows
+// each. The calling thread and the pool threads take blocks from a shared counter, so a block
+// whose pool thread has not started yet (the pool is busy, e.g. with the input pipeline
+// during model.fit) is run by whichever thread is free first.
+constexpr int64_t kMinRows = 8;
+
 template <typename Body>
 void ForRowBlocks(OpKernelContext* context, int64_t batch, Body body) {
   const auto* workers = context->device()->tensorflow_cpu_worker_threads();
+  const int64_t threads = std::max(1, workers->num_threads);
   const int64_t blocks = std::max<int64_t>(
-      1, std::min<int64_t>(workers->num_threads, batch / 8));
-  tensorflow::Shard(workers->num_threads, workers->workers, blocks, int64_t{1} << 40,
-                    [&](int64_t begin, int64_t end) {
-                      for (int64_t k = begin; k < end; ++k) {
-                        const int64_t first = k * batch / blocks;
-                        body(first, (k + 1) * batch / blocks - first);
-                      }
-                    });
+      1, std::min<int64_t>(threads, batch / kMinRows));
+  const auto run_block = [&](int64_t k) {
+    const int64_t first = k * batch / blocks;
+    body(first, (k + 1) * batch / blocks - first);
+  };
+  if (blocks == 1) {
+    run_block(0);
+    return;
+  }
+  std::atomic<int64_t> next{0};
+  const auto take_blocks = [&]() {
+    for (int64_t k = next.fetch_add(1); k < blocks; k = next.fetch_add(1)) run_block(k);
+  };
+  const int64_t helpers = std::min(threads, blocks) - 1;
+  tensorflow::BlockingCounter done(static_cast<int>(helpers));
+  for (int64_t i = 0; i < helpers; ++i) {
+    workers->workers->Schedule([&]() {
+      take_blocks();
+      done.DecrementCount();
+    });
+  }
+  take_blocks();
+  done.Wait();
 }
 
 tensorflow::Status CheckMatrix(const Tensor& t, const char* name, int64_t rows, int64_t cols) {
@@ -193,7 +221,9 @@ class CellForward : public CellKernel {
 
 class CellBackward : public CellKernel {
  public:
-  using CellKernel::CellKernel;
+  explicit CellBackward(OpKernelConstruction* context) : CellKernel(context) {
+    OP_REQUIRES_OK(context, context->GetAttr("with_d_recurrent_kernel", &d_recurrent_kernel_));
+  }
 
   void Compute(OpKernelContext* context) override {
     const Tensor& r = context->input(0);
@@ -222,11 +252,13 @@ class CellBackward : public CellKernel {
 
     Tensor *dp = nullptr, *dr = nullptr, *dh0 = nullptr, *dc0 = nullptr;
     OP_REQUIRES_OK(context, context->allocate_output(0, gates.shape(), &dp));
-    OP_REQUIRES_OK(context, context->allocate_output(1, r.shape(), &dr));
+    OP_REQUIRES_OK(context, context->allocate_output(
+                                1, d_recurrent_kernel_ ? r.shape() : TensorShape({0, width}),
+                                &dr));
     OP_REQUIRES_OK(context, context->allocate_output(2, h0.shape(), &dh0));
     OP_REQUIRES_OK(context, context->allocate_output(3, c0.shape(), &dc0));
     const auto& device = context->eigen_device<Eigen::ThreadPoolDevice>();
-    Matrix d_rec(dr->flat<float>().data(), units, width);
+    Matrix d_rec(dr->flat<float>().data(), d_recurrent_kernel_ ? units : 0, width);
     if (steps == 0 || batch == 0 || units == 0) {
       d_rec.device(device) = d_rec.constant(0.0f);
       ArrayMap(dh0->flat<float>().data(), batch, units) =
@@ -295,6 +327,7 @@ class CellBackward : public CellKernel {
       ArrayMap(dh0->flat<float>().data() + first * units, rows, units) = dh;
       ArrayMap(dc0->flat<float>().data() + first * units, rows, units) = dc;
     });
+    if (!d_recurrent_kernel_) return;
     // dR = h_{-1}ᵀ da_0 + Σ_{t ≥ 1} h_{t-1}ᵀ da_t, the sum as one (T-1)·B-deep product.
     d_rec.device(device) = ConstMatrix(h0.flat<float>().data(), batch, units)
                                .contract(ConstMatrix(da_data, batch, width), kAtB);
@@ -304,6 +337,9 @@ class CellBackward : public CellKernel {
                       .contract(ConstMatrix(da_data + gate, (steps - 1) * batch, width), kAtB);
     }
   }
+
+ private:
+  bool d_recurrent_kernel_ = true;
 };
 
 }  // namespace
@@ -329,6 +365,7 @@ REGISTER_OP("RnnxCellForward")
 
 REGISTER_OP("RnnxCellBackward")
     .Attr("cell: {'forget', 'original', 'cec', 'vanilla'}")
+    .Attr("with_d_recurrent_kernel: bool = true")
     .Input("recurrent_kernel: float")
     .Input("h0: float")
     .Input("c0: float")
@@ -344,7 +381,11 @@ REGISTER_OP("RnnxCellBackward")
     .Output("dc0: float")
     .SetShapeFn([](tensorflow::shape_inference::InferenceContext* ctx) {
       ctx->set_output(0, ctx->input(5));
-      ctx->set_output(1, ctx->input(0));
+      bool d_recurrent_kernel = true;
+      TF_RETURN_IF_ERROR(ctx->GetAttr("with_d_recurrent_kernel", &d_recurrent_kernel));
+      ctx->set_output(1, d_recurrent_kernel
+                             ? ctx->input(0)
+                             : ctx->Matrix(0, ctx->Dim(ctx->input(0), 1)));
       ctx->set_output(2, ctx->input(1));
       ctx->set_output(3, ctx->input(2));
       return absl::OkStatus();
