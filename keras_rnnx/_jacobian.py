@@ -334,11 +334,15 @@ def _build():
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if not compiler:
         return None
-    flags = ["-O3", "-shared", "-fPIC", "-std=c99", "-fopenmp-simd", *_native._cpu_flags()]
+    try:
+        isa, isa_flags = _native._cpu_isa()  # the kernels' choice; its name is in the file name
+    except _native._Unavailable:
+        isa, isa_flags = "generic", []
+    flags = ["-O3", "-shared", "-fPIC", "-std=c99", "-fopenmp-simd", *isa_flags]
     key = hashlib.sha256(b"\0".join([_SOURCE.read_bytes(), " ".join(flags).encode(),
                                       compiler.encode()])).hexdigest()[:16]
     cache = _native._cache_dir()
-    target = cache / f"lanczos-{key}.so"
+    target = cache / f"lanczos-{isa}-{key}.so"
     try:
         if not target.exists():
             cache.mkdir(parents=True, exist_ok=True)
