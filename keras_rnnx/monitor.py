@@ -613,9 +613,12 @@ class RNNMonitor(keras.callbacks.Callback):
         if self._active:
             if self._cadence is not None and self._step > self._last_frame:
                 # "auto": the trained model at the end of the fit is always recorded (one
-                # frame, with the Jacobian norms where recorded), whatever the plan left.
+                # frame, paid for in advance), with the Jacobian norms where the budget has
+                # room for them.
                 start = time.perf_counter()
-                self._frame(self.jacobian)
+                light, full = self._costs()
+                self._plan()
+                self._frame(full is not None and self._cadence.money + light >= full)
                 self._account(start)
             self._corpus_hook(final=True)
             self._writer.put("write_event", "train_end", {
@@ -700,8 +703,9 @@ class RNNMonitor(keras.callbacks.Callback):
         step_seconds = (training - self._first_step) / (done - 1)
         spent = self._monitor_seconds()
         light, full = self._costs()
+        # The frame at the fit's last step (`on_train_end`) is paid for in advance.
         frame_every, full_every = self._cadence.intervals(
-            done=done, training=training, step_seconds=step_seconds, spent=spent,
+            done=done, training=training, step_seconds=step_seconds, spent=spent + light,
             other=max(0.0, spent - self._frame_spent - self._setup_spent), light=light,
             full=full)
         if frame_every == float("inf"):
