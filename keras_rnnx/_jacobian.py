@@ -1,4 +1,4 @@
-r"""Spectral norms of the lecture cells' step Jacobians, from their closed forms (NumPy).
+r"""Spectral norms of the lecture cells' step Jacobians, from their closed forms (C or NumPy).
 
 The probe reports σ_max(∂s_t/∂s_{t-1}) for every sample and step. For the four lecture cells
 (by exact type, tanh/sigmoid, float32) the step Jacobian has a closed form in terms of
