@@ -31,9 +31,7 @@ import ctypes
 import hashlib
 import os
 import shutil
-import subprocess
 import sys
-import tempfile
 import threading
 from pathlib import Path
 
@@ -326,8 +324,9 @@ def _library():
 
 def _build():
     from keras_rnnx import _native
+    from keras_rnnx._native import select
 
-    if os.environ.get("KERAS_RNNX_NATIVE", "1").strip().lower() in ("0", "false", "no", "off"):
+    if os.environ.get("KERAS_RNNX_NATIVE", "").strip().lower() in select._OFF:
         return None
     if sys.platform != "linux":
         return None
@@ -345,22 +344,10 @@ def _build():
     target = cache / f"lanczos-{isa}-{key}.so"
     try:
         if not target.exists():
-            cache.mkdir(parents=True, exist_ok=True)
-            with _native._file_lock(cache / (target.name + ".lock")):
-                if not target.exists():
-                    fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)
-                    os.close(fd)
-                    try:
-                        done = subprocess.run([compiler, *flags, "-o", tmp, str(_SOURCE), "-lm"],
-                                              capture_output=True, text=True, timeout=120)
-                        if done.returncode != 0:
-                            return None
-                        os.replace(tmp, target)
-                    finally:
-                        if os.path.exists(tmp):
-                            os.unlink(tmp)
+            _native._compile(compiler, flags, ["-lm"], cache, target, source=_SOURCE,
+                             what="the probe's Jacobian norms (once; a few seconds)")
         library = ctypes.CDLL(str(target))
-    except (OSError, subprocess.SubprocessError):
+    except (OSError, _native._Unavailable):
         return None
     function = library.rnnx_jacobian_norms
     pointer = ctypes.c_void_p

@@ -332,7 +332,8 @@ class _Entry:
         self.eps = None
         self.mask = None
         self.jacobian_inputs = None
-        self.closed_form = None  # the initial states, where `_jacobian` has a closed form
+        # The initial states where `_jacobian` has the cell's closed form (None elsewhere).
+        self.initial_states = None
 
 
 class _Recorder:
@@ -481,7 +482,7 @@ def _run_layer(target: _Target, recorder: _Recorder, sequences, initial_state, m
         if _jacobian.closed_form_kind(reader.cell, reader.kind) is not None:
             # σ_max comes from the states and gates after the graph (`_closed_form_norms`):
             # it needs the initial states besides them.
-            entry.closed_form = list(inits)
+            entry.initial_states = list(inits)
         previous_h = seqs[0]
         offset += n
         goffset += count
@@ -908,11 +909,11 @@ class Probe:
                 "grad_h": None,
                 "weight_grad_norm": None,
                 "jacobian_norm": (_jacobian_norm(entry) if self.jacobian
-                                  and entry.closed_form is None else None),
+                                  and entry.initial_states is None else None),
                 "recurrent_kernel": tf.convert_to_tensor(reader.cell.recurrent_kernel),
             }
-            if self.jacobian and entry.closed_form is not None:
-                item["initial_states"] = entry.closed_form
+            if self.jacobian and entry.initial_states is not None:
+                item["initial_states"] = entry.initial_states
             if grads is not None:
                 item["grad_h"] = grads[i]
                 norms = {}
@@ -992,13 +993,14 @@ class Probe:
                     for name, v in item["weight_grad_norm"].items()
                 }
             activations, thresholds = self._static(key, reader)
-            sigma = _recurrent_sigma(reader, np.asarray(item["recurrent_kernel"]))
+            recurrent = np.asarray(item["recurrent_kernel"])
+            sigma = _recurrent_sigma(reader, recurrent)
             layer = target.layer
             gates = {k: np.asarray(v, dtype=np.float32) for k, v in item["gates"].items()}
             jacobian = item["jacobian_norm"]
             if "initial_states" in item:
                 jacobian = self._closed_form_norms(
-                    key, reader, np.asarray(item["recurrent_kernel"]), states, gates,
+                    key, reader, recurrent, states, gates,
                     [np.asarray(s, np.float32) for s in item["initial_states"]], mask,
                     bool(layer.go_backwards))
             trace[key] = {

@@ -423,10 +423,7 @@ class RunWriter:
         stored as they are.
         """
         step = _check_step(step)
-        if phase not in PHASES:
-            raise ValueError(
-                f"Invalid value for argument `phase`: expected one of {PHASES}, got {phase!r}."
-            )
+        _check_phase(phase)
         if not isinstance(values, Mapping):
             raise ValueError(
                 f"Invalid value for argument `values`: expected a dict of name to number, "
@@ -457,10 +454,7 @@ class RunWriter:
         same either way. One record instead of one per step: a monitor writes batch logs this
         way, at a fraction of the cost. NaN and Inf are stored as they are.
         """
-        if phase not in PHASES:
-            raise ValueError(
-                f"Invalid value for argument `phase`: expected one of {PHASES}, got {phase!r}."
-            )
+        _check_phase(phase)
         steps = [_check_step(step) for step in steps]
         names = list(names)
         if not all(_is_name(name) for name in names):
@@ -633,6 +627,13 @@ class RunWriter:
         pieces = _encode({**header, "time": time.time()}, array)
         for piece in pieces:
             file.write(piece)
+
+
+def _check_phase(phase: Any) -> None:
+    if phase not in PHASES:
+        raise ValueError(
+            f"Invalid value for argument `phase`: expected one of {PHASES}, got {phase!r}."
+        )
 
 
 def _check_step(step: Any) -> int:

@@ -167,7 +167,11 @@ def _load():
     return _Module(ops, target, isa_name)
 
 
-def _compile(compiler: str, flags: list[str], link: list[str], cache: Path, target: Path):
+def _compile(compiler: str, flags: list[str], link: list[str], cache: Path, target: Path,
+             source: Path = SOURCE, what: str = "the CPU kernels of rx.RNN (once; about a "
+                                                "minute)"):
+    """Builds `source` into the shared library `target` under a file lock (another process
+    may be building it too); raises `_Unavailable` saying why it could not."""
     try:
         cache.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -175,12 +179,10 @@ def _compile(compiler: str, flags: list[str], link: list[str], cache: Path, targ
     with _file_lock(cache / (target.name + ".lock")):
         if target.exists():  # built by another process while this one waited
             return
-        print(f"keras_rnnx: compiling the CPU kernels of rx.RNN into {cache} (once; about a "
-              f"minute)",
-              file=sys.stderr, flush=True)
+        print(f"keras_rnnx: compiling {what} into {cache}", file=sys.stderr, flush=True)
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)
         os.close(fd)
-        command = [compiler, *flags, "-o", tmp, str(SOURCE), *link]
+        command = [compiler, *flags, "-o", tmp, str(source), *link]
         try:
             done = subprocess.run(command, capture_output=True, text=True,
                                   timeout=_COMPILE_TIMEOUT_S)
