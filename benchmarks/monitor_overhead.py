@@ -1,9 +1,9 @@
 """Monitor overhead: `model.fit` time with and without `RNNMonitor`, on the adding problem.
 
-The model, data, optimizer and length of training are those of examples/long_time_lag.py:
-`rx.RNN(cell(32))` + `Dense(1)`, T = 100, batch 64, Adam(3e-3, clipnorm=1) with Keras's
-default compile (no XLA on a CPU-only machine: `rx.RNN`'s compiled kernels), 3000 training
-steps per fit (`--epochs` × `--steps`). Arms: no callback
+The model, data and optimizer are those of examples/long_time_lag.py: `rx.RNN(cell(32))` +
+`Dense(1)`, T = 100, batch 64, Adam(3e-3, clipnorm=1) with Keras's default compile (no XLA
+on a CPU-only machine: `rx.RNN`'s compiled kernels), 3000 training steps per fit (`--epochs`
+× `--steps`; the demo trains 10,000 a cell, which `--epochs 33` matches). Arms: no callback
 ("without") and `RNNMonitor(every="auto")`, the default cadence, probing 8 held-out sequences
 with targets; `--every N` adds a fixed cadence. Every arm has its own model (same initial
 weights) and is warmed by one short fit first, the monitored ones with a monitor, so that the

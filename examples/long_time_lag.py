@@ -119,7 +119,7 @@ def main(argv=None):
     common.add_common_arguments(parser, cell_default="all", allow_all=True)
     parser.add_argument("--lag", type=int, default=100, help="sequence length T")
     parser.add_argument("--units", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=3000, help="training steps per cell")
+    parser.add_argument("--steps", type=int, default=10_000, help="training steps per cell")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-2)
     args = common.finish_arguments(parser.parse_args(argv), "long_time_lag")

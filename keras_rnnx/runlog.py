@@ -455,7 +455,7 @@ class RunWriter:
         way, at a fraction of the cost. NaN and Inf are stored as they are.
         """
         _check_phase(phase)
-        steps = [_check_step(step) for step in steps]
+        steps = _check_steps(steps)
         names = list(names)
         if not all(_is_name(name) for name in names):
             raise ValueError(f"Invalid value for argument `names`: expected non-empty strings, "
@@ -649,6 +649,19 @@ def _check_step(step: Any) -> int:
             f"got {step!r}."
         )
     return int(step)
+
+
+def _check_steps(steps: Sequence[Any]) -> list[int]:
+    """`_check_step` of every step; plain ints (what a monitor hands over, thousands per
+    record) are checked as a whole, without an isinstance check against `numbers.Integral`
+    per step, the writer's largest cost per training step."""
+    steps = list(steps)
+    if all(type(step) is int for step in steps):
+        if steps and not (0 <= min(steps) and max(steps) <= _MAX_STEP):
+            for step in steps:
+                _check_step(step)  # names the first bad one
+        return steps
+    return [_check_step(step) for step in steps]
 
 
 def _fsync_directory(directory: Path) -> None:

@@ -339,3 +339,22 @@ def test_auto_cadence_expensive_probes_keep_the_gap_rule_where_affordable():
         total, step, light=10 * step, full=30 * step, logging=0.0, first=30 * step)
     assert spent <= 0.02 * training + 10 * step
     assert 2 <= len(frames) <= 7 and frames[-1] >= total / 2
+
+
+def test_auto_cadence_keeps_the_gap_rule_for_jacobian_frames_where_affordable():
+    # Frames of 0.2 steps, Jacobian frames of 1.5: the 4:1 split buys 50 / 2.1 = 23.8
+    # Jacobian frames, and each waits for the first frame at or after its step, so gaps
+    # come out near 5.8 %; one every 4.5 % costs about 47 of the 50 steps left, so they
+    # come that often and the other frames get the rest.
+    total, step = 2808, 0.014
+    frames, fulls, spent, training = simulate_cadence(
+        total, step, light=0.2 * step, full=1.5 * step, logging=0.0, first=1.5 * step)
+    assert spent <= 0.02 * training + 1.5 * step
+    assert largest_gap(fulls, total) <= 0.05 and len(fulls) >= 22
+    assert largest_gap(frames, total) <= 0.05 and len(frames) >= 100
+    # Jacobian frames of 3 steps: one every 5 % would cost 60 steps, more than the budget
+    # leaves; the split stands, the Jacobian frames are fewer and the gap rule yields.
+    frames, fulls, spent, training = simulate_cadence(
+        total, step, light=0.2 * step, full=3 * step, logging=0.0, first=3 * step)
+    assert spent <= 0.02 * training + 3 * step
+    assert largest_gap(fulls, total) > 0.05 and largest_gap(frames, total) <= 0.05

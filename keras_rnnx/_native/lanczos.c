@@ -253,13 +253,20 @@ static double lanczos(const Row* r, const float* start, int steps, double tol, W
     const float a = dot(w, qj, s_n);
     axpy(-a, qj, w, s_n);
     if (j > 0) axpy(-(float)wk->beta[j - 1], qj - s_n, w, s_n);
-    for (int pass = 0; pass < 2; ++pass) {  /* classical Gram-Schmidt, twice is enough */
+    /* Classical Gram-Schmidt against every basis vector; a second pass only where the first
+     * removed most of w (Daniel, Gragg, Kaufman & Stewart's criterion: ‖w‖ fell below 1/√2 of
+     * its length before), since then rounding leaves w measurably unorthogonal. */
+    double before = dot(w, w, s_n), b2 = before;
+    for (int pass = 0; pass < 2; ++pass) {
       for (int m = 0; m <= j; ++m) wk->coeff[m] = -dot(wk->basis + (size_t)m * s_n, w, s_n);
       vector_times_matrix(wk->coeff, wk->basis, j + 1, s_n, wk->tmp);
 #pragma omp simd
       for (int i = 0; i < s_n; ++i) w[i] += wk->tmp[i];
+      b2 = dot(w, w, s_n);
+      if (b2 > 0.5 * before) break;
+      before = b2;
     }
-    const double b = sqrt((double)dot(w, w, s_n));
+    const double b = sqrt(b2);
     wk->alpha[j] = a;
     wk->beta[j] = b;
     k = j + 1;
