@@ -58,8 +58,9 @@ class _Cadence:
     get the rest, n = n_J + (P − n_J·c_J) / c_L. A frame comes every n_left / n steps, a
     Jacobian frame every n_left / n_J. Where P pays for a frame every `max_gap` of the run's
     steps but that split does not, frames come that often and the Jacobian frames get what
-    is left; where P pays for a Jacobian frame every `max_gap` of the steps but the split
-    plans fewer, they come that often and the other frames get the rest. A frame is taken
+    is left; where P pays for a Jacobian frame every `max_gap` of the steps (with 15 % to
+    spare) but the split plans fewer, they come that often and the other frames get the
+    rest. A frame is taken
     only where P pays for it (`kind`). Planned again after every
     probe and epoch, so that a first expensive probe or a wrong estimate spreads over the rest
     of the run instead of starving part of it.
@@ -120,14 +121,15 @@ class _Cadence:
                 # A frame every `cap` steps first; the Jacobian frames get what is left.
                 extra = money - left / self.cap * light
                 n_full = min(n_full, extra / max(full - light, 1e-9))
-        # A Jacobian frame comes with the first frame at or after its step: up to a frame's
-        # interval later than planned.
-        full_cap = None if self.cap is None else max(0.5 * self.cap, 0.9 * self.cap - frame_every)
+        # The gap rule for the Jacobian frames too, where the money pays for them with 15 % to
+        # spare (a plan at the edge would switch back and forth): they come first, the other
+        # frames get the rest. Early in a run the first, cold Jacobian frames' cost would
+        # otherwise space them wider than later ones. A Jacobian frame comes with the first
+        # frame at or after its step, up to a frame's interval late: planned that much early.
+        full_cap = None if self.cap is None else max(0.5 * self.cap,
+                                                     0.9 * self.cap - frame_every)
         if (full is not None and full_cap is not None and n_full < left / full_cap
                 and 1.15 * left / full_cap * full <= money):
-            # The gap rule for the Jacobian frames too, where the money pays for one every
-            # `cap` steps: they come first, the other frames get the rest (early in a run
-            # the first, cold Jacobian frames would otherwise space them wider than later).
             n_full = left / full_cap
             frames = n_full + (money - n_full * full) / light
             frame_every = left / frames

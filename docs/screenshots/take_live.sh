@@ -5,7 +5,7 @@
 #
 #   docs/screenshots/take_live.sh [OUT_DIR] [-- DEMO_ARGS...]
 #
-#   docs/screenshots/take_live.sh docs                  # the full demo (about 3 minutes)
+#   docs/screenshots/take_live.sh docs                  # the full demo (about 5 minutes)
 #   docs/screenshots/take_live.sh /tmp/shots -- --smoke # a quick check (under a minute)
 #
 # It starts Xvfb (1600x1000), opens the viewer (`python -m visualizer RUNS`) on an empty runs
@@ -18,6 +18,9 @@
 #   live_2c_follow_again.png after a click on "Follow newest run": back to the newest run
 #   live_3_end.png          after the demo has ended: all four runs finished
 #   live_4_compare.png      after a click on "Compare ‖∂L/∂h_t‖ of all runs"
+#   long_time_lag.png       the demo's own plot from the same run
+#
+# and prints the runs' frame counts and largest gaps (benchmarks/frame_density.py).
 #
 # Each step waits for the window title ("rnnx-viz — RUN") to name the run expected and says so
 # when it does not (the screenshot is taken all the same). The clicks use the positions of the
@@ -157,4 +160,6 @@ sleep 2
 shot live_4_compare.png
 
 tail -n 8 "$WORK/demo.log"
-say "screenshots in $OUT"
+cp "$WORK/demo.png" "$OUT/long_time_lag.png" 2>/dev/null || say "the demo wrote no PNG"
+"$PYTHON" benchmarks/frame_density.py "$RUNS" || true
+say "screenshots and the demo's long_time_lag.png in $OUT"
