@@ -307,8 +307,8 @@ def largest_gap(steps, total):
 
 
 def test_auto_cadence_spreads_frames_evenly_within_budget():
-    # The demo's figures as the budget arithmetic wants them: 2,808 steps, a frame 0.3 step,
-    # a Jacobian frame 1 step (the first one too), logging 0.2 % of a step.
+    # Figures of the demo's model as the budget arithmetic wants them: 2,808 steps, a frame
+    # 0.3 step, a Jacobian frame 1 step (the first one too), logging 0.2 % of a step.
     total, step = 2808, 0.014
     frames, fulls, spent, training = simulate_cadence(
         total, step, light=0.3 * step, full=1.0 * step, logging=0.002 * step, first=step)
