@@ -60,10 +60,9 @@ class _Cadence:
     steps but that split does not, frames come that often and the Jacobian frames get what
     is left; where P pays for a Jacobian frame every `max_gap` of the steps (with 15 % to
     spare) but the split plans fewer, they come that often and the other frames get the
-    rest. A frame is taken
-    only where P pays for it (`kind`). Planned again after every
-    probe and epoch, so that a first expensive probe or a wrong estimate spreads over the rest
-    of the run instead of starving part of it.
+    rest. A frame is taken only where P pays for it (`kind`). Planned again after every probe
+    and epoch, so that a first expensive probe or a wrong estimate spreads over the rest of
+    the run instead of starving part of it.
     """
 
     def __init__(self, budget: float, share: float, total_steps: int | None,

@@ -343,9 +343,10 @@ def test_auto_cadence_expensive_probes_keep_the_gap_rule_where_affordable():
 
 def test_auto_cadence_keeps_the_gap_rule_for_jacobian_frames_where_affordable():
     # Frames of 0.2 steps, Jacobian frames of 1.5: the 4:1 split buys 50 / 2.1 = 23.8
-    # Jacobian frames, and each waits for the first frame at or after its step, so gaps
-    # come out near 5.8 %; one every 4.5 % costs about 47 of the 50 steps left, so they
-    # come that often and the other frames get the rest.
+    # Jacobian frames, and each waits for the first frame at or after its step, so their
+    # gaps came out near 5.8 %. Planned every 0.9 · 5 % less a frame's interval (about 106
+    # steps) they cost 26.5 · 1.5 = 40 of the 50 steps (46 with the 15 % margin): they come
+    # that often and the other frames get the rest.
     total, step = 2808, 0.014
     frames, fulls, spent, training = simulate_cadence(
         total, step, light=0.2 * step, full=1.5 * step, logging=0.0, first=1.5 * step)
