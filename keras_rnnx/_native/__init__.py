@@ -70,11 +70,13 @@ class _Unavailable(Exception):
 
 
 class _Module:
-    def __init__(self, ops, path: Path, isa_name: str):
+    def __init__(self, ops, path: Path, isa_name: str, xla: bool = False):
         self.rnnx_cell_forward = ops.rnnx_cell_forward
         self.rnnx_cell_backward = ops.rnnx_cell_backward
+        self.rnnx_cell_infer = ops.rnnx_cell_infer
         self.path = path
         self.isa = isa_name
+        self.xla = xla  # whether the XLA custom call "rnnx_cell_infer" is registered
 
 
 def _cache_dir() -> Path:
@@ -151,6 +153,14 @@ def _load():
     flags = (["-std=c++17", "-O3", "-shared", "-fPIC", "-fvisibility=hidden", "-w", *isa_flags]
              + tf.sysconfig.get_compile_flags())
     link = tf.sysconfig.get_link_flags()
+    # XLA's registry of custom-call targets lives in libtensorflow_cc: where it is there, the
+    # inference loop is also registered as an XLA custom call (for jit_compile=True graphs).
+    tf_dir = Path(tf.sysconfig.get_lib())
+    if (tf_dir / "libtensorflow_cc.so.2").exists() and (
+            Path(tf.sysconfig.get_include()) / "xla" / "service"
+            / "custom_call_target_registry.h").exists():
+        flags = [*flags, "-DRNNX_XLA_CUSTOM_CALL"]
+        link = [*link, f"-L{tf_dir}", "-l:libtensorflow_cc.so.2"]
     key = hashlib.sha256()
     for part in (SOURCE.read_bytes(), tf.__version__.encode(), " ".join(flags + link).encode(),
                  compiler.encode()):
@@ -164,7 +174,7 @@ def _load():
         ops = tf.load_op_library(str(target))
     except Exception as error:  # noqa: BLE001 - any failure means: use the TensorFlow loop
         raise _Unavailable(f"cannot load {target}: {error}") from None
-    return _Module(ops, target, isa_name)
+    return _Module(ops, target, isa_name, xla="-DRNNX_XLA_CUSTOM_CALL" in flags)
 
 
 def _compile(compiler: str, flags: list[str], link: list[str], cache: Path, target: Path,
