@@ -58,7 +58,14 @@ class RNN(keras.layers.RNN):
     For the four lecture cells it trains on a faster path than the generic step loop: the
     input projection x_t @ kernel + bias is computed for all t as one large matrix product
     before the recurrence, so each step does a single fused h_{t-1} @ recurrent_kernel and the
-    cell's equations; inference keeps the generic loop, which is faster there. On the CPU,
+    cell's equations. In inference on the CPU (eager, `tf.function`, `predict`, and under XLA
+    as a custom call) the same cells in float32 with their default activations, without a mask
+    or `unroll`, run a compiled forward-only kernel wherever it measured faster than the
+    generic loop for that shape class (as for training, below); graphs traced by
+    `model.export`, `tf.saved_model.save`, TensorFlow Lite's converter or tf2onnx keep the
+    generic loop, so that what they produce runs without keras-rnnx (a `tf.function` you
+    trace yourself and then convert or save holds the kernel: trace it with
+    `KERAS_RNNX_NATIVE=0`). On the CPU,
     without XLA, the four cells with their default tanh/sigmoid activations in float32, without
     a mask or recurrent dropout, train with compiled kernels for the recurrence and its
     backward pass (`keras_rnnx._native`, built on first use; `keras_rnnx._native.status()`
