@@ -118,8 +118,8 @@ class RNN(keras.layers.RNN):
         # XLA, where the loop reads a 4-8x wider per-step input (without XLA it gains nothing
         # in inference either: 24.4 against 23.0 ms at batch 64, T = 100, units 128).
         # Inference takes the compiled inference kernel where it measured faster than the
-        # generic loop (`_inference_loop`), except in graphs that `model.export` or
-        # `tf.saved_model.save` trace: a served model must run without keras-rnnx.
+        # generic loop (`_inference_loop`), except in graphs traced for export or conversion
+        # (`_tracing_for_export`): what those write must run without keras-rnnx.
         if not training:
             fast = self._inference_loop(sequences, initial_state, mask)
             if fast is not None:
