@@ -1,8 +1,10 @@
 """The compiled CPU kernels of `keras_rnnx.RNN`'s training path, built on first use.
 
 `cell_kernels.cc` holds the lecture cells' recurrence (forward, and backward through time) as
-two TensorFlow ops. The first time `keras_rnnx.RNN` trains one of the four cells on the CPU
-(without XLA), this module compiles it against the installed TensorFlow with the system's C++
+two TensorFlow ops for training, and a forward-only op for inference, which is also registered
+as the XLA custom call "rnnx_cell_infer" where TensorFlow's library exports XLA's registry of
+custom-call targets (`_Module.xla`). The first time `keras_rnnx.RNN` runs one of the four
+cells on the CPU, this module compiles it against the installed TensorFlow with the system's C++
 compiler (about a minute, once per machine, TensorFlow version, vector ISA and source) into a
 cache directory, then loads it with `tf.load_op_library`. The library is built for the widest
 vector ISA the CPU has (`_ISAS`: AVX-512 F/VL/BW/DQ, else AVX2 + FMA, else the compiler's
@@ -15,8 +17,8 @@ says why, and `keras_rnnx.RNN` trains with its TensorFlow loop instead: the same
 Whether `keras_rnnx.RNN` then uses the loaded kernels is measured, per shape class, by
 `keras_rnnx._native.select`: only where they ran faster than the TensorFlow loop.
 
-The ops appear only in training graphs; models saved as `.keras` files or exported for
-serving never contain them.
+Models saved as `.keras` files, exported for serving or converted never contain the ops
+(`keras_rnnx.rnn._tracing_for_export`).
 
 Cache directory: `$KERAS_RNNX_CACHE`, else `$XDG_CACHE_HOME/keras_rnnx`, else
 `~/.cache/keras_rnnx`.
