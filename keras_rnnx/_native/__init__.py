@@ -1,4 +1,4 @@
-"""The compiled CPU kernels of `keras_rnnx.RNN`'s training path, built on first use.
+"""The compiled CPU kernels of `keras_rnnx.RNN`'s training and inference paths, built on first use.
 
 `cell_kernels.cc` holds the lecture cells' recurrence (forward, and backward through time) as
 two TensorFlow ops for training, and a forward-only op for inference, which is also registered
@@ -41,7 +41,7 @@ SOURCE = Path(__file__).with_name("cell_kernels.cc")
 _COMPILE_TIMEOUT_S = 600
 _lock = threading.Lock()
 _state: dict = {"loaded": False, "module": None,
-                "status": "not tried yet (rx.RNN loads them the first time it trains)"}
+                "status": "not tried yet (rx.RNN loads them the first time it runs a lecture cell)"}
 
 
 def status() -> str:
