@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import keras
 from keras import ops
 
@@ -56,7 +58,14 @@ class RNN(keras.layers.RNN):
     For the four lecture cells it trains on a faster path than the generic step loop: the
     input projection x_t @ kernel + bias is computed for all t as one large matrix product
     before the recurrence, so each step does a single fused h_{t-1} @ recurrent_kernel and the
-    cell's equations; inference keeps the generic loop, which is faster there. On the CPU,
+    cell's equations. In inference on the CPU (eager, `tf.function`, `predict`, and under XLA
+    as a custom call) the same cells in float32 with their default activations, without a mask
+    or `unroll`, run a compiled forward-only kernel wherever it measured faster than the
+    generic loop for that shape class (as for training, below); graphs traced by
+    `model.export`, `tf.saved_model.save`, TensorFlow Lite's converter or tf2onnx keep the
+    generic loop, so that what they produce runs without keras-rnnx (a `tf.function` you
+    trace yourself and then convert or save holds the kernel: trace it with
+    `KERAS_RNNX_NATIVE=0`). On the CPU,
     without XLA, the four cells with their default tanh/sigmoid activations in float32, without
     a mask or recurrent dropout, train with compiled kernels for the recurrence and its
     backward pass (`keras_rnnx._native`, built on first use; `keras_rnnx._native.status()`
@@ -107,11 +116,16 @@ class RNN(keras.layers.RNN):
         # Measured in benchmarks/cells.py: the hoisted projection speeds up training on long
         # sequences (T = 1000: 0.84x the generic loop) but slows the forward-only pass under
         # XLA, where the loop reads a 4-8x wider per-step input (without XLA it gains nothing
-        # in inference either: 24.4 against 23.0 ms at batch 64, T = 100, units 128); inference
-        # keeps the generic loop. Inference never takes the compiled kernels: the inference
-        # graph is what `model.export` and `tf.saved_model.save` trace (outside any context
-        # that would tell this layer so), and a served model must run without keras-rnnx.
-        if not training or not self._hoists_projection():
+        # in inference either: 24.4 against 23.0 ms at batch 64, T = 100, units 128).
+        # Inference takes the compiled inference kernel where it measured faster than the
+        # generic loop (`_inference_loop`), except in graphs traced for export or conversion
+        # (`_tracing_for_export`): what those write must run without keras-rnnx.
+        if not training:
+            fast = self._inference_loop(sequences, initial_state, mask)
+            if fast is not None:
+                return fast
+            return super().inner_loop(sequences, initial_state, mask, training=training)
+        if not self._hoists_projection():
             return super().inner_loop(sequences, initial_state, mask, training=training)
         if isinstance(mask, (list, tuple)):
             mask = mask[0]
@@ -143,6 +157,50 @@ class RNN(keras.layers.RNN):
                         mask, go_backwards=self.go_backwards, unroll=self.unroll,
                         zero_output_for_mask=self.zero_output_for_mask,
                         return_sequences=self.return_sequences)
+
+    def _inference_loop(self, sequences, initial_state, mask):
+        """The forward pass in the compiled inference kernel (a TensorFlow op, or under XLA
+        the custom call "rnnx_cell_infer"), as `inner_loop` returns it; None where it does not
+        apply: not one of the four cells with their activations in float32, a mask, `unroll`,
+        a GPU, kernels off or measured slower for this shape class, a graph traced for
+        export, or under XLA a shape not known when the graph is traced."""
+        cell = self.cell
+        kind = native_cell_kind(cell)
+        if (kind is None or mask is not None or self.unroll
+                or keras.backend.backend() != "tensorflow" or cell.compute_dtype != "float32"
+                or cell.kernel.dtype != "float32" or cell.recurrent_kernel.dtype != "float32"):
+            return None
+        import tensorflow as tf
+
+        if tf.config.list_logical_devices("GPU"):
+            return None
+        try:
+            from tensorflow.python.ops import control_flow_util
+
+            xla = control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
+        except ImportError:
+            return None
+        if not tf.executing_eagerly() and _tracing_for_export():
+            return None
+        module = _native.load()
+        if module is None or (xla and not module.xla):
+            return None
+        x = tf.convert_to_tensor(sequences, tf.float32)
+        batch, steps, features = x.shape
+        if xla and None in (batch, steps, features):
+            return None
+        if not _select.use_kernels(module.path, f"{kind}-inference{'-xla' if xla else ''}",
+                                   cell.units, batch,
+                                   lambda b: _measure_inference(self, module, kind, b, xla)):
+            return None
+        h0 = tf.convert_to_tensor(initial_state[0], tf.float32)
+        c0 = (tf.convert_to_tensor(initial_state[1], tf.float32) if len(initial_state) > 1
+              else tf.zeros_like(h0))
+        h_seq, h_last, c_last = _native_infer(
+            module, kind, x, cell, h0, c0, sequences=self.return_sequences,
+            backwards=self.go_backwards, xla=xla)
+        outputs = h_seq if self.return_sequences else h_last[:, None, :]
+        return h_last, outputs, [h_last, c_last][: len(initial_state)]
 
     def _hoists_projection(self) -> bool:
         """Whether training takes the hoisted-projection loop (the lecture cells only)."""
@@ -313,3 +371,85 @@ def _native_cell(module, kind, projected, recurrent_kernel, h0, c0):
         return (h, h[-1], c[-1]), grad
 
     return run(projected, recurrent_kernel, h0, c0)
+
+
+# Modules whose tracing of a model makes a graph to run elsewhere.
+_PORTABLE_TRACERS = ("keras.src.export", "tensorflow.python.saved_model", "tensorflow.lite",
+                     "tf2onnx")
+
+
+def _tracing_for_export() -> bool:
+    """Whether the graph being traced is meant to run without keras-rnnx: inside
+    `tf.saved_model.save`, or called from Keras's export code (`model.export` in every format,
+    `ExportArchive`, which trace their endpoints before they save), from TensorFlow Lite's
+    converter (`TFLiteConverter.from_keras_model`) or from tf2onnx."""
+    from tensorflow.python.saved_model import save_context
+
+    if save_context.in_save_context():
+        return True
+    frame = sys._getframe(1)
+    while frame is not None:
+        name = frame.f_globals.get("__name__", "")
+        if name.startswith(_PORTABLE_TRACERS):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _native_infer(module, kind, x, cell, h0, c0, *, sequences, backwards, xla):
+    """(h for every step batch-major, in the order the steps run, or None; h_T; c_T) of a
+    lecture cell on x (batch, T, features), in the compiled inference kernel."""
+    import tensorflow as tf
+
+    width = _native_width(kind, cell.units)
+    kernel = tf.convert_to_tensor(cell.kernel, tf.float32)
+    recurrent_kernel = tf.convert_to_tensor(cell.recurrent_kernel, tf.float32)
+    bias = (tf.convert_to_tensor(cell.bias, tf.float32) if cell.use_bias
+            else tf.zeros((width,), tf.float32))
+    if not xla:
+        h_seq, h_last, c_last = module.rnnx_cell_infer(
+            x, kernel, bias, recurrent_kernel, h0, c0, cell=kind, sequences=sequences,
+            backwards=backwards)
+        return (h_seq if sequences else None), h_last, c_last
+    from tensorflow.compiler.tf2xla.ops import gen_xla_ops
+
+    batch, steps, features = x.shape
+    units = cell.units
+    shapes = [(batch, steps, units)] * sequences + [(batch, units), (batch, units)]
+    results = gen_xla_ops.xla_custom_call_v2(
+        operands=[x, kernel, bias, recurrent_kernel, h0, c0],
+        call_target_name="rnnx_cell_infer",
+        backend_config=f"{kind} {steps} {batch} {features} {units} {int(sequences)} "
+                       f"{int(backwards)}",
+        has_side_effect=False, result_dtypes=[tf.float32] * len(shapes), result_shapes=shapes)
+    if sequences:
+        return results[0], results[1], results[2]
+    return None, results[0], results[1]
+
+
+def _measure_inference(layer, module, kind, batch, xla) -> dict[str, list[float]]:
+    """Seconds per forward pass through `MEASURE_STEPS` steps of the inference kernel and of
+    the generic loop (`keras.layers.RNN.inner_loop`) for this layer's cell at this batch size,
+    on random inputs, both compiled by XLA where `xla` (interleaved rounds)."""
+    import tensorflow as tf
+
+    cell = layer.cell
+    steps = _select.MEASURE_STEPS
+    with tf.init_scope():
+        features = int(cell.kernel.shape[0])
+        x = tf.random.stateless_normal((batch, steps, features), seed=(5, 6))
+        h0 = tf.zeros((batch, cell.units))
+        states = [h0, h0][: len(keras.tree.flatten(cell.state_size))]
+
+        def kernels():
+            return _native_infer(module, kind, x, cell, h0, h0, sequences=False,
+                                 backwards=False, xla=xla)[1]
+
+        def loop():
+            return keras.layers.RNN.inner_loop(layer, x, states, None, training=False)[0]
+
+        def compiled(fn):
+            function = tf.function(fn, jit_compile=xla, autograph=False)
+            return lambda: function().numpy()
+
+        return _select.time_interleaved({"kernels": compiled(kernels), "loop": compiled(loop)})

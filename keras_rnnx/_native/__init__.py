@@ -1,8 +1,10 @@
-"""The compiled CPU kernels of `keras_rnnx.RNN`'s training path, built on first use.
+"""The compiled CPU kernels of `keras_rnnx.RNN`'s training and inference paths, built on first use.
 
 `cell_kernels.cc` holds the lecture cells' recurrence (forward, and backward through time) as
-two TensorFlow ops. The first time `keras_rnnx.RNN` trains one of the four cells on the CPU
-(without XLA), this module compiles it against the installed TensorFlow with the system's C++
+two TensorFlow ops for training, and a forward-only op for inference, which is also registered
+as the XLA custom call "rnnx_cell_infer" where TensorFlow's library exports XLA's registry of
+custom-call targets (`_Module.xla`). The first time `keras_rnnx.RNN` runs one of the four
+cells on the CPU, this module compiles it against the installed TensorFlow with the system's C++
 compiler (about a minute, once per machine, TensorFlow version, vector ISA and source) into a
 cache directory, then loads it with `tf.load_op_library`. The library is built for the widest
 vector ISA the CPU has (`_ISAS`: AVX-512 F/VL/BW/DQ, else AVX2 + FMA, else the compiler's
@@ -15,8 +17,8 @@ says why, and `keras_rnnx.RNN` trains with its TensorFlow loop instead: the same
 Whether `keras_rnnx.RNN` then uses the loaded kernels is measured, per shape class, by
 `keras_rnnx._native.select`: only where they ran faster than the TensorFlow loop.
 
-The ops appear only in training graphs; models saved as `.keras` files or exported for
-serving never contain them.
+Models saved as `.keras` files, exported for serving or converted never contain the ops
+(`keras_rnnx.rnn._tracing_for_export`).
 
 Cache directory: `$KERAS_RNNX_CACHE`, else `$XDG_CACHE_HOME/keras_rnnx`, else
 `~/.cache/keras_rnnx`.
@@ -39,7 +41,7 @@ SOURCE = Path(__file__).with_name("cell_kernels.cc")
 _COMPILE_TIMEOUT_S = 600
 _lock = threading.Lock()
 _state: dict = {"loaded": False, "module": None,
-                "status": "not tried yet (rx.RNN loads them the first time it trains)"}
+                "status": "not tried yet (rx.RNN loads them the first time it runs a lecture cell)"}
 
 
 def status() -> str:
@@ -70,11 +72,13 @@ class _Unavailable(Exception):
 
 
 class _Module:
-    def __init__(self, ops, path: Path, isa_name: str):
+    def __init__(self, ops, path: Path, isa_name: str, xla: bool = False):
         self.rnnx_cell_forward = ops.rnnx_cell_forward
         self.rnnx_cell_backward = ops.rnnx_cell_backward
+        self.rnnx_cell_infer = ops.rnnx_cell_infer
         self.path = path
         self.isa = isa_name
+        self.xla = xla  # whether the XLA custom call "rnnx_cell_infer" is registered
 
 
 def _cache_dir() -> Path:
@@ -151,6 +155,14 @@ def _load():
     flags = (["-std=c++17", "-O3", "-shared", "-fPIC", "-fvisibility=hidden", "-w", *isa_flags]
              + tf.sysconfig.get_compile_flags())
     link = tf.sysconfig.get_link_flags()
+    # XLA's registry of custom-call targets lives in libtensorflow_cc: where it is there, the
+    # inference loop is also registered as an XLA custom call (for jit_compile=True graphs).
+    tf_dir = Path(tf.sysconfig.get_lib())
+    if (tf_dir / "libtensorflow_cc.so.2").exists() and (
+            Path(tf.sysconfig.get_include()) / "xla" / "service"
+            / "custom_call_target_registry.h").exists():
+        flags = [*flags, "-DRNNX_XLA_CUSTOM_CALL"]
+        link = [*link, f"-L{tf_dir}", "-l:libtensorflow_cc.so.2"]
     key = hashlib.sha256()
     for part in (SOURCE.read_bytes(), tf.__version__.encode(), " ".join(flags + link).encode(),
                  compiler.encode()):
@@ -164,7 +176,7 @@ def _load():
         ops = tf.load_op_library(str(target))
     except Exception as error:  # noqa: BLE001 - any failure means: use the TensorFlow loop
         raise _Unavailable(f"cannot load {target}: {error}") from None
-    return _Module(ops, target, isa_name)
+    return _Module(ops, target, isa_name, xla="-DRNNX_XLA_CUSTOM_CALL" in flags)
 
 
 def _compile(compiler: str, flags: list[str], link: list[str], cache: Path, target: Path,

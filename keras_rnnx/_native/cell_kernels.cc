@@ -32,6 +32,19 @@
 #include "tensorflow/core/lib/core/threadpool.h"
 #include "unsupported/Eigen/CXX11/Tensor"
 
+#include <cstdio>
+#include <cstdlib>
+#include <limits>
+#include <cstring>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#ifdef RNNX_XLA_CUSTOM_CALL
+#include "xla/service/custom_call_status.h"
+#include "xla/service/custom_call_target_registry.h"
+#endif
+
 namespace {
 
 using tensorflow::OpKernel;
@@ -342,6 +355,304 @@ class CellBackward : public CellKernel {
   bool d_recurrent_kernel_ = true;
 };
 
+
+
+// --- Inference -----------------------------------------------------------------------------
+// The forward loop without the block activations that training keeps for its backward pass:
+// a_t = b + x_t W + h_{t-1} R, both products register-blocked on W and R packed once per call
+// into panels of 16 columns (Eigen's product packs its right operand again at every step, and
+// a projection of all steps before the loop writes and reads back a (T, B, width)
+// intermediate; both measured slower than PyTorch's loop), σ as 0.5 tanh(x/2) + 0.5. Used by
+// the RnnxCellInfer op and, under XLA, by the custom call "rnnx_cell_infer".
+
+typedef float Vec16 __attribute__((vector_size(64), aligned(64)));
+typedef float Vec16u __attribute__((vector_size(64), aligned(4)));
+
+int64_t PaddedWidth(int64_t width) { return (width + 15) / 16 * 16; }
+
+// M (depth, width) row-major -> panels[v][k][16] (columns past width zero).
+void PackPanels(const float* m, int64_t depth, int64_t width, float* packed) {
+  const int64_t vectors = PaddedWidth(width) / 16;
+  for (int64_t v = 0; v < vectors; ++v) {
+    const int64_t cols = std::min<int64_t>(16, width - 16 * v);
+    for (int64_t k = 0; k < depth; ++k) {
+      float* out = packed + (v * depth + k) * 16;
+      std::memcpy(out, m + k * width + 16 * v, sizeof(float) * cols);
+      std::memset(out + cols, 0, sizeof(float) * (16 - cols));
+    }
+  }
+}
+
+// a[MR rows, 16·NV columns] += u[MR rows (stride ldu), depth] · (NV panels).
+template <int MR, int NV>
+inline void ProductTile(const float* u, int64_t ldu, int64_t depth, const float* panels,
+                        float* a, int64_t lda) {
+  Vec16 acc[MR][NV];
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v) acc[r][v] = *reinterpret_cast<const Vec16u*>(a + r * lda + 16 * v);
+  for (int64_t k = 0; k < depth; ++k) {
+    Vec16 b[NV];
+    for (int v = 0; v < NV; ++v) b[v] = *reinterpret_cast<const Vec16*>(panels + (v * depth + k) * 16);
+    for (int r = 0; r < MR; ++r) {
+      const float s = u[r * ldu + k];
+      for (int v = 0; v < NV; ++v) acc[r][v] += s * b[v];
+    }
+  }
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v) *reinterpret_cast<Vec16u*>(a + r * lda + 16 * v) = acc[r][v];
+}
+
+template <int MR>
+inline void ProductRows(const float* u, int64_t ldu, int64_t depth, const float* packed,
+                        int64_t padded, float* a) {
+  // Accumulators and panel registers within the 32 vector registers of AVX-512.
+  constexpr int NV = MR >= 5 ? 2 : MR >= 3 ? 3 : 4;
+  const int64_t vectors = padded / 16;
+  int64_t v = 0;
+  for (; v + NV <= vectors; v += NV)
+    ProductTile<MR, NV>(u, ldu, depth, packed + v * depth * 16, a + 16 * v, padded);
+  for (; v < vectors; ++v)
+    ProductTile<MR, 1>(u, ldu, depth, packed + v * depth * 16, a + 16 * v, padded);
+}
+
+// a (rows, padded) += u (rows, depth; row stride ldu) · M, M packed by PackPanels.
+void PackedProduct(const float* u, int64_t ldu, int64_t rows, int64_t depth,
+                   const float* packed, int64_t padded, float* a) {
+  int64_t r = 0;
+  for (; r + 6 <= rows; r += 6)
+    ProductRows<6>(u + r * ldu, ldu, depth, packed, padded, a + r * padded);
+  const float* ur = u + r * ldu;
+  float* ar = a + r * padded;
+  switch (rows - r) {
+    case 5: ProductRows<5>(ur, ldu, depth, packed, padded, ar); break;
+    case 4: ProductRows<4>(ur, ldu, depth, packed, padded, ar); break;
+    case 3: ProductRows<3>(ur, ldu, depth, packed, padded, ar); break;
+    case 2: ProductRows<2>(ur, ldu, depth, packed, padded, ar); break;
+    case 1: ProductRows<1>(ur, ldu, depth, packed, padded, ar); break;
+    default: break;
+  }
+}
+
+using StridedArrayMap = Eigen::Map<Array, Eigen::Unaligned, Eigen::OuterStride<>>;
+
+template <typename Block>
+void Sigmoid(Block&& g) {
+  g = g * 0.5f;
+  g = g.tanh() * 0.5f + 0.5f;
+}
+
+struct InferShape {
+  Cell cell;
+  int64_t steps, batch, features, units, width;
+  bool backwards;
+};
+
+struct Buffer {
+  explicit Buffer(int64_t floats)
+      : data(static_cast<float*>(std::aligned_alloc(64, sizeof(float) * std::max<int64_t>(16, (floats + 15) / 16 * 16)))) {}
+  ~Buffer() { std::free(data); }
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+  float* data;
+};
+
+// The packed kernels of one call.
+struct InferWeights {
+  InferWeights(const InferShape& s, const float* kernel, const float* bias,
+               const float* recurrent)
+      : kernel(s.features * PaddedWidth(s.width)), recurrent(s.units * PaddedWidth(s.width)),
+        bias(PaddedWidth(s.width)) {
+    if (!ok()) return;
+    PackPanels(kernel, s.features, s.width, this->kernel.data);
+    PackPanels(recurrent, s.units, s.width, this->recurrent.data);
+    std::memset(this->bias.data, 0, sizeof(float) * PaddedWidth(s.width));
+    if (bias) std::memcpy(this->bias.data, bias, sizeof(float) * s.width);
+  }
+  bool ok() const { return kernel.data && recurrent.data && bias.data; }
+  Buffer kernel, recurrent, bias;
+};
+
+// Rows first .. first + rows of the batch through all steps. x: (batch, steps, features);
+// h_seq (batch, steps, units), in the order the steps run, or null; h_last, c_last (batch,
+// units).
+void InferRows(const InferShape& s, const float* x, const InferWeights& w, const float* h0,
+               const float* c0, int64_t first, int64_t rows, float* h_seq, float* h_last,
+               float* c_last) {
+  const int64_t units = s.units, width = s.width, padded = PaddedWidth(width);
+  std::vector<float> a(rows * padded), h_buf(2 * rows * units), c_buf(2 * rows * units);
+  std::memcpy(h_buf.data(), h0 + first * units, sizeof(float) * rows * units);
+  std::memcpy(c_buf.data(), c0 + first * units, sizeof(float) * rows * units);
+  const float* h_prev = h_buf.data();
+  int64_t h_stride = units;
+  const float* c_prev = c_buf.data();
+  for (int64_t t = 0; t < s.steps; ++t) {
+    const int64_t input_step = s.backwards ? s.steps - 1 - t : t;
+    for (int64_t r = 0; r < rows; ++r)
+      std::memcpy(a.data() + r * padded, w.bias.data, sizeof(float) * padded);
+    PackedProduct(x + (first * s.steps + input_step) * s.features, s.steps * s.features, rows,
+                  s.features, w.kernel.data, padded, a.data());
+    PackedProduct(h_prev, h_stride, rows, units, w.recurrent.data, padded, a.data());
+    const int64_t slot = (t + 1) % 2;
+    float* h_next = h_seq ? h_seq + (first * s.steps + t) * units
+                          : h_buf.data() + slot * rows * units;
+    const int64_t next_stride = h_seq ? s.steps * units : units;
+    float* c_next = c_buf.data() + slot * rows * units;
+    StridedArrayMap g(a.data(), rows, width, Eigen::OuterStride<>(padded));
+    StridedArrayMap h_t(h_next, rows, units, Eigen::OuterStride<>(next_stride));
+    ArrayMap c_t(c_next, rows, units);
+    const ConstArrayMap c_before(c_prev, rows, units);
+    switch (s.cell) {
+      case Cell::kForget:
+        Sigmoid(g.leftCols(2 * units));
+        g.middleCols(2 * units, units) = g.middleCols(2 * units, units).tanh();
+        Sigmoid(g.rightCols(units));
+        c_t = g.middleCols(units, units) * c_before +
+              g.leftCols(units) * g.middleCols(2 * units, units);
+        h_t = g.rightCols(units) * c_t.tanh();
+        break;
+      case Cell::kOriginal:
+        Sigmoid(g.leftCols(units));
+        g.middleCols(units, units) = g.middleCols(units, units).tanh();
+        Sigmoid(g.rightCols(units));
+        c_t = c_before + g.leftCols(units) * g.middleCols(units, units);
+        h_t = g.rightCols(units) * c_t.tanh();
+        break;
+      case Cell::kCec:
+        c_t = c_before + g.tanh();
+        h_t = c_t.tanh();
+        break;
+      case Cell::kVanilla:
+        c_t = g.tanh();
+        h_t = c_t;
+        break;
+    }
+    h_prev = h_next;
+    h_stride = next_stride;
+    c_prev = c_next;
+  }
+  for (int64_t r = 0; r < rows; ++r)
+    std::memcpy(h_last + (first + r) * units, h_prev + r * h_stride, sizeof(float) * units);
+  std::memcpy(c_last + first * units, c_prev, sizeof(float) * rows * units);
+}
+
+class CellInfer : public CellKernel {
+ public:
+  explicit CellInfer(OpKernelConstruction* context) : CellKernel(context) {
+    OP_REQUIRES_OK(context, context->GetAttr("sequences", &sequences_));
+    OP_REQUIRES_OK(context, context->GetAttr("backwards", &backwards_));
+  }
+
+  void Compute(OpKernelContext* context) override {
+    const Tensor& x = context->input(0);
+    const Tensor& kernel = context->input(1);
+    const Tensor& bias = context->input(2);
+    const Tensor& r = context->input(3);
+    const Tensor& h0 = context->input(4);
+    const Tensor& c0 = context->input(5);
+    OP_REQUIRES(context, x.dims() == 3,
+                InvalidArgument("x must have shape [batch, time, features], got ",
+                                x.shape().DebugString()));
+    const int64_t width = r.dims() == 2 ? r.dim_size(1) : 0;
+    const InferShape s{cell_, x.dim_size(1), x.dim_size(0), x.dim_size(2),
+                       width / Blocks(cell_), width, backwards_};
+    OP_REQUIRES(context, r.dims() == 2 && width % Blocks(cell_) == 0 && s.units == r.dim_size(0),
+                InvalidArgument("recurrent_kernel must have shape [units, ", Blocks(cell_),
+                                " * units], got ", r.shape().DebugString()));
+    OP_REQUIRES_OK(context, CheckMatrix(kernel, "kernel", s.features, width));
+    OP_REQUIRES(context, bias.dims() == 1 && bias.dim_size(0) == width,
+                InvalidArgument("bias must have shape [", width, "], got ",
+                                bias.shape().DebugString()));
+    OP_REQUIRES_OK(context, CheckMatrix(h0, "h0", s.batch, s.units));
+    OP_REQUIRES_OK(context, CheckMatrix(c0, "c0", s.batch, s.units));
+    Tensor *h = nullptr, *h_last = nullptr, *c_last = nullptr;
+    OP_REQUIRES_OK(context, context->allocate_output(
+        0, TensorShape({s.batch, sequences_ ? s.steps : 0, s.units}), &h));
+    OP_REQUIRES_OK(context, context->allocate_output(1, h0.shape(), &h_last));
+    OP_REQUIRES_OK(context, context->allocate_output(2, c0.shape(), &c_last));
+    if (s.batch == 0 || s.units == 0) return;
+    if (s.steps == 0) {
+      h_last->flat<float>() = h0.flat<float>();
+      c_last->flat<float>() = c0.flat<float>();
+      return;
+    }
+    const InferWeights weights(s, kernel.flat<float>().data(), bias.flat<float>().data(),
+                               r.flat<float>().data());
+    OP_REQUIRES(context, weights.ok(),
+                tensorflow::errors::ResourceExhausted("out of memory packing the kernels"));
+    ForRowBlocks(context, s.batch, [&](int64_t first, int64_t rows) {
+      InferRows(s, x.flat<float>().data(), weights, h0.flat<float>().data(),
+                c0.flat<float>().data(), first, rows,
+                sequences_ ? h->flat<float>().data() : nullptr, h_last->flat<float>().data(),
+                c_last->flat<float>().data());
+    });
+  }
+
+ private:
+  bool sequences_ = false;
+  bool backwards_ = false;
+};
+
+#ifdef RNNX_XLA_CUSTOM_CALL
+// The same loop as an XLA custom call (API_VERSION_STATUS_RETURNING_UNIFIED), for graphs that
+// XLA compiles (where a TensorFlow op without an XLA kernel cannot run). backend_config:
+// "<cell> <steps> <batch> <features> <units> <sequences 0/1> <backwards 0/1>"; operands x,
+// kernel, bias, recurrent_kernel, h0, c0; results (h_seq,) h_last, c_last. Row blocks run
+// on threads of their own, one per core. TensorFlow does not export the status setter, so a
+// failure (a bad config, out of memory) leaves NaN in the results.
+extern "C" void RnnxCellInferXla(void* out, const void** in, const char* opaque,
+                                 size_t opaque_len, XlaCustomCallStatus* status) {
+  const std::string config(opaque, opaque_len);
+  char name[16] = {0};
+  long long steps = 0, batch = 0, features = 0, units = 0;
+  int sequences = 0, backwards = 0;
+  const bool parsed = std::sscanf(config.c_str(), "%15s %lld %lld %lld %lld %d %d", name, &steps,
+                                  &batch, &features, &units, &sequences, &backwards) == 7;
+  const std::string cell_name(name);
+  const Cell cell = cell_name == "forget" ? Cell::kForget : cell_name == "original"
+                    ? Cell::kOriginal : cell_name == "cec" ? Cell::kCec : Cell::kVanilla;
+  const InferShape s{cell, steps, batch, features, units, Blocks(cell) * units, backwards != 0};
+  void** outputs = static_cast<void**>(out);
+  float* h_seq = sequences ? static_cast<float*>(outputs[0]) : nullptr;
+  float* h_last = static_cast<float*>(outputs[sequences ? 1 : 0]);
+  float* c_last = static_cast<float*>(outputs[sequences ? 2 : 1]);
+  const float* h0 = static_cast<const float*>(in[4]);
+  const float* c0 = static_cast<const float*>(in[5]);
+  if (!parsed || batch == 0 || units == 0) return;
+  if (steps == 0) {
+    std::memcpy(h_last, h0, sizeof(float) * batch * units);
+    std::memcpy(c_last, c0, sizeof(float) * batch * units);
+    return;
+  }
+  const InferWeights weights(s, static_cast<const float*>(in[1]),
+                             static_cast<const float*>(in[2]), static_cast<const float*>(in[3]));
+  if (!weights.ok()) {
+    const float nan = std::numeric_limits<float>::quiet_NaN();
+    if (h_seq) std::fill(h_seq, h_seq + steps * batch * units, nan);
+    std::fill(h_last, h_last + batch * units, nan);
+    std::fill(c_last, c_last + batch * units, nan);
+    return;
+  }
+  const float* x = static_cast<const float*>(in[0]);
+  const int64_t cores = std::max(1u, std::thread::hardware_concurrency());
+  const int64_t blocks = std::max<int64_t>(1, std::min<int64_t>(cores, batch / kMinRows));
+  const auto run_block = [&](int64_t k) {
+    const int64_t first = k * batch / blocks;
+    InferRows(s, x, weights, h0, c0, first, (k + 1) * batch / blocks - first, h_seq, h_last,
+              c_last);
+  };
+  std::vector<std::thread> helpers;
+  for (int64_t k = 1; k < blocks; ++k) helpers.emplace_back(run_block, k);
+  run_block(0);
+  for (auto& helper : helpers) helper.join();
+}
+
+const bool kRegistered = [] {
+  xla::CustomCallTargetRegistry::Global()->Register(
+      "rnnx_cell_infer", reinterpret_cast<void*>(&RnnxCellInferXla), "Host");
+  return true;
+}();
+#endif
+
 }  // namespace
 
 REGISTER_OP("RnnxCellForward")
@@ -391,5 +702,33 @@ REGISTER_OP("RnnxCellBackward")
       return absl::OkStatus();
     });
 
+REGISTER_OP("RnnxCellInfer")
+    .Attr("cell: {'forget', 'original', 'cec', 'vanilla'}")
+    .Attr("sequences: bool = false")
+    .Attr("backwards: bool = false")
+    .Input("x: float")
+    .Input("kernel: float")
+    .Input("bias: float")
+    .Input("recurrent_kernel: float")
+    .Input("h0: float")
+    .Input("c0: float")
+    .Output("h: float")
+    .Output("h_last: float")
+    .Output("c_last: float")
+    .SetShapeFn([](tensorflow::shape_inference::InferenceContext* ctx) {
+      bool sequences = false;
+      TF_RETURN_IF_ERROR(ctx->GetAttr("sequences", &sequences));
+      auto x = ctx->input(0);
+      auto h0 = ctx->input(4);
+      TF_RETURN_IF_ERROR(ctx->WithRank(x, 3, &x));
+      TF_RETURN_IF_ERROR(ctx->WithRank(h0, 2, &h0));
+      ctx->set_output(0, ctx->MakeShape({ctx->Dim(x, 0), sequences ? ctx->Dim(x, 1)
+                                         : ctx->MakeDim(0), ctx->Dim(h0, 1)}));
+      ctx->set_output(1, h0);
+      ctx->set_output(2, ctx->input(5));
+      return absl::OkStatus();
+    });
+
 REGISTER_KERNEL_BUILDER(Name("RnnxCellForward").Device(tensorflow::DEVICE_CPU), CellForward);
 REGISTER_KERNEL_BUILDER(Name("RnnxCellBackward").Device(tensorflow::DEVICE_CPU), CellBackward);
+REGISTER_KERNEL_BUILDER(Name("RnnxCellInfer").Device(tensorflow::DEVICE_CPU), CellInfer);

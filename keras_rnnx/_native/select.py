@@ -1,4 +1,4 @@
-"""Whether `keras_rnnx.RNN` trains on the compiled kernels or on its TensorFlow loop.
+"""Whether `keras_rnnx.RNN` trains (and infers) on the compiled kernels or on its loop.
 
 The kernels are not faster on every CPU: their matrix products run in Eigen, built for this
 CPU's widest vector ISA, against TensorFlow's oneDNN in the loop; their row-block threads
@@ -9,7 +9,9 @@ shape class, and the kernels are taken only where they measured faster:
   both paths grows linearly with the sequence length, so their ratio hardly depends on it and
   the measurement runs a short sequence (`MEASURE_STEPS` steps);
 - each path runs forward and backward through time (`tf.GradientTape`) on random inputs of
-  that class, in `ROUNDS` interleaved rounds, and the medians are compared (`faster`);
+  that class, in `ROUNDS` interleaved rounds, and the medians are compared (`faster`); for
+  inference (classes named `<cell>-inference`, `<cell>-inference-xla` under XLA) the
+  forward-only kernel against Keras's loop, both compiled by XLA in the second case;
 - the result is kept for the process and in a JSON file beside the compiled library
   (`selection-<library>.json`, keyed by the CPU model and the thread count), so that it is
   measured once per machine, not once per process.

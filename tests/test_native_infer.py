@@ -1,0 +1,167 @@
+"""rx.RNN's inference kernel (`RnnxCellInfer`, and under XLA the custom call
+"rnnx_cell_infer"): outputs equal to the NumPy equations of the four cells and to Keras's
+loop in eager mode, in a `tf.function`, under XLA and in `predict_on_batch`; taken only where
+it measured faster; never in graphs traced for export or conversion. No test asserts on how
+fast anything runs."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_rnnx as rx
+from keras_rnnx import _native, rnn
+from keras_rnnx._native import select
+
+T, D = 7, 5
+INFER = "RnnxCellInfer"
+CUSTOM_CALL = "XlaCustomCallV2"
+KINDS = ("vanilla", "cec", "original", "forget")
+
+
+@pytest.fixture(scope="module")
+def native():
+    module = _native.load()
+    if module is None:
+        pytest.skip(_native.status())
+    return module
+
+
+def sigmoid(a):
+    return 1.0 / (1.0 + np.exp(-a))
+
+
+def numpy_forward(kind, x, kernel, recurrent, bias, h, c, backwards=False):
+    """The lecture's equations in float64, step by step: (h for every step, h_T, c_T)."""
+    units = recurrent.shape[0]
+    steps = range(x.shape[1] - 1, -1, -1) if backwards else range(x.shape[1])
+    out = []
+    for t in steps:
+        a = x[:, t] @ kernel + h @ recurrent + bias
+        blocks = [a[:, k * units:(k + 1) * units] for k in range(a.shape[1] // units)]
+        if kind == "forget":
+            i, f = sigmoid(blocks[0]), sigmoid(blocks[1])
+            z, o = np.tanh(blocks[2]), sigmoid(blocks[3])
+            c = f * c + i * z
+            h = o * np.tanh(c)
+        elif kind == "original":
+            i, z, o = sigmoid(blocks[0]), np.tanh(blocks[1]), sigmoid(blocks[2])
+            c = c + i * z
+            h = o * np.tanh(c)
+        elif kind == "cec":
+            c = c + np.tanh(blocks[0])
+            h = np.tanh(c)
+        else:
+            h = c = np.tanh(blocks[0])
+        out.append(h)
+    return np.stack(out, axis=1), h, c
+
+
+def model_for(kind, units, *, sequences=False, backwards=False, seed=0):
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((T, D))
+    layer = rx.RNN(rx.CELL_KINDS[kind](units), return_sequences=sequences,
+                   go_backwards=backwards, return_state=True)
+    model = keras.Model(inputs, layer(inputs))
+    # Weights away from their initialisation, so that every gate matters.
+    rng = np.random.default_rng(seed)
+    model.set_weights([w + 0.3 * rng.normal(size=w.shape).astype("float32")
+                       for w in model.get_weights()])
+    return model, layer
+
+
+def graph_ops(fn, spec, jit=False):
+    concrete = tf.function(fn, jit_compile=jit).get_concrete_function(spec)
+    return {op.type for op in concrete.graph.get_operations()}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("sequences,backwards", [(False, False), (True, True)])
+@pytest.mark.parametrize("batch,units", [(1, 16), (9, 10)])
+def test_inference_matches_the_equations_on_every_path(native, monkeypatch, kind, sequences,
+                                                       backwards, batch, units):
+    monkeypatch.setenv("KERAS_RNNX_NATIVE", "1")
+    model, layer = model_for(kind, units, sequences=sequences, backwards=backwards)
+    cell = layer.cell
+    x = np.random.default_rng(1).normal(size=(batch, T, D)).astype("float32")
+    h0 = np.zeros((batch, units))
+    bias = cell.bias.numpy() if cell.use_bias else 0.0
+    h_seq, h_last, c_last = numpy_forward(kind, x.astype(np.float64), cell.kernel.numpy(),
+                                          cell.recurrent_kernel.numpy(), bias, h0, h0,
+                                          backwards)
+    expected = [h_seq if sequences else h_last, h_last] + ([c_last] if kind != "vanilla" else [])
+    paths = {
+        "eager": lambda: model(x, training=False),
+        "tf.function": lambda: tf.function(lambda v: model(v, training=False))(x),
+        "XLA": lambda: tf.function(lambda v: model(v, training=False), jit_compile=True)(x),
+        "predict_on_batch": lambda: model.predict_on_batch(x),
+    }
+    for name, run in paths.items():
+        got = [np.asarray(v) for v in run()]
+        assert len(got) == len(expected), name
+        for g, e in zip(got, expected):
+            scale = 1.0 + np.abs(e).max()
+            np.testing.assert_allclose(g, e, atol=2e-5 * scale, rtol=0, err_msg=name)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_inference_graphs_hold_the_kernel_and_keras_loop_gives_the_same(native, monkeypatch,
+                                                                        kind):
+    monkeypatch.setenv("KERAS_RNNX_NATIVE", "1")
+    model, _ = model_for(kind, 12, sequences=True)
+    spec = tf.TensorSpec((4, T, D), tf.float32)
+    assert INFER in graph_ops(lambda v: model(v, training=False), spec)
+    assert CUSTOM_CALL in graph_ops(lambda v: model(v, training=False), spec, jit=True)
+    x = np.random.default_rng(2).normal(size=(4, T, D)).astype("float32")
+    fast = [np.asarray(v) for v in model(x, training=False)]
+    monkeypatch.setenv("KERAS_RNNX_NATIVE", "0")
+    assert INFER not in graph_ops(lambda v: model(v, training=False), spec)
+    loop = [np.asarray(v) for v in model(x, training=False)]
+    for a, b in zip(fast, loop):
+        np.testing.assert_allclose(a, b, atol=2e-5 * (1 + np.abs(b).max()), rtol=0)
+
+
+@pytest.mark.parametrize("kernels_faster", [False, True])
+def test_inference_graph_follows_the_measurement(native, monkeypatch, kernels_faster):
+    """Timings injected as this process's decision for the inference shape class: the graph
+    holds the kernel exactly when it measured faster than Keras's loop."""
+    monkeypatch.delenv("KERAS_RNNX_NATIVE", raising=False)
+    fast, slow = (1.0, 2.0) if kernels_faster else (2.0, 1.0)
+    timings = {"kernels": [fast] * 3, "loop": [slow] * 3}
+    for suffix in ("", "-xla"):
+        key = select.shape_key(f"forget-inference{suffix}", 6, 4, select._threads())
+        monkeypatch.setitem(select._decisions, key, {**timings,
+                                                      "use_kernels": select.faster(timings)})
+    model, _ = model_for("forget", 6)
+    spec = tf.TensorSpec((4, T, D), tf.float32)
+    assert (INFER in graph_ops(lambda v: model(v, training=False), spec)) is kernels_faster
+    assert (CUSTOM_CALL in graph_ops(lambda v: model(v, training=False), spec, jit=True)) \
+        is kernels_faster
+
+
+@pytest.mark.parametrize("xla", [False, True])
+def test_real_inference_measurement(native, xla):
+    model, layer = model_for("vanilla", 6)
+    timings = rnn._measure_inference(layer, native, "vanilla", 8, xla)
+    assert len(timings["kernels"]) == len(timings["loop"]) == select.ROUNDS
+    assert all(s > 0 for s in timings["kernels"] + timings["loop"])
+
+
+def test_exported_and_converted_graphs_never_hold_the_kernel(native, monkeypatch, tmp_path):
+    monkeypatch.setenv("KERAS_RNNX_NATIVE", "1")
+    inputs = keras.Input((T, D), batch_size=3)  # a fixed batch converts to builtin ops
+    model = keras.Model(inputs, keras.layers.Dense(1)(rx.RNN(rx.ForgetGateLSTMCell(8))(inputs)))
+    x = np.random.default_rng(3).normal(size=(3, T, D)).astype("float32")
+    model.predict_on_batch(x)  # traced with the kernel first
+    model.export(str(tmp_path / "exported"), verbose=False)
+    tf.saved_model.save(model, str(tmp_path / "saved"))
+    for path in ("exported", "saved"):
+        content = (tmp_path / path / "saved_model.pb").read_bytes()
+        assert b"RnnxCell" not in content and b"rnnx_cell_infer" not in content, path
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    assert converter.convert()  # builtin ops only would fail on a custom op
+    loaded = tf.saved_model.load(str(tmp_path / "exported"))
+    np.testing.assert_allclose(np.asarray(loaded.serve(x)), model.predict_on_batch(x),
+                               atol=1e-5)
