@@ -163,7 +163,8 @@ class RNN(keras.layers.RNN):
         the custom call "rnnx_cell_infer"), as `inner_loop` returns it; None where it does not
         apply: not one of the four cells with their activations in float32, a mask, `unroll`,
         a GPU, kernels off or measured slower for this shape class, a graph traced for
-        export, or under XLA a shape not known when the graph is traced."""
+        export, a gradient tape watching, or under XLA a shape not known when the graph is
+        traced."""
         cell = self.cell
         kind = native_cell_kind(cell)
         if (kind is None or mask is not None or self.unroll
@@ -181,6 +182,12 @@ class RNN(keras.layers.RNN):
         except ImportError:
             return None
         if not tf.executing_eagerly() and _tracing_for_export():
+            return None
+        from tensorflow.python.eager import record
+
+        if record.could_possibly_record():
+            # A gradient tape is watching (saliency, the probe, adversarial inputs): the
+            # inference kernel has no gradient, Keras's loop has.
             return None
         module = _native.load()
         if module is None or (xla and not module.xla):

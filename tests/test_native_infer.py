@@ -165,3 +165,24 @@ def test_exported_and_converted_graphs_never_hold_the_kernel(native, monkeypatch
     loaded = tf.saved_model.load(str(tmp_path / "exported"))
     np.testing.assert_allclose(np.asarray(loaded.serve(x)), model.predict_on_batch(x),
                                atol=1e-5)
+
+
+def test_gradients_through_inference_take_keras_loop(native, monkeypatch):
+    """Under a gradient tape (saliency maps, the probe) inference keeps Keras's loop, which
+    has a gradient: the same gradients as with the kernels off, eager and in a function."""
+    monkeypatch.setenv("KERAS_RNNX_NATIVE", "1")
+    model, _ = model_for("forget", 8)
+    x = tf.constant(np.random.default_rng(4).normal(size=(3, T, D)).astype("float32"))
+
+    def saliency(v):
+        with tf.GradientTape() as tape:
+            tape.watch(v)
+            out = model(v, training=False)[0]
+        return tape.gradient(out, v)
+
+    eager = saliency(x).numpy()
+    traced = tf.function(saliency)(x).numpy()
+    monkeypatch.setenv("KERAS_RNNX_NATIVE", "0")
+    reference = saliency(x).numpy()
+    np.testing.assert_allclose(eager, reference, atol=1e-6)
+    np.testing.assert_allclose(traced, reference, atol=1e-6)
