@@ -252,8 +252,10 @@ def test_killed_training_keeps_what_was_flushed(tmp_path):
     finally:
         process.kill()
         process.wait(30)
+    # The kill can cut the child's last line short: read whole "step time" lines only.
     announced = [line.split() for line in process.stdout.read().splitlines()]
-    announced = [(int(step), float(at)) for step, at in announced if float(at) < killed_at]
+    announced = [(int(fields[0]), float(fields[1])) for fields in announced
+                 if len(fields) == 2 and float(fields[1]) < killed_at]
     reader = runlog.RunReader(tmp_path / "run")
     assert not reader.finished
     assert not [p for p in reader.problems if "corrupt" in p.lower()]
