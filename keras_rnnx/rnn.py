@@ -37,18 +37,29 @@ def native_cell_kind(cell) -> str | None:
     return kind
 
 
+def _has_gpu() -> bool:
+    import tensorflow as tf
+
+    return bool(tf.config.list_logical_devices("GPU"))
+
+
+def _in_xla_context() -> bool:
+    """Whether the current graph is compiled by XLA.
+
+    Raises ImportError where TensorFlow lacks the module that tells the XLA context.
+    """
+    import tensorflow as tf
+    from tensorflow.python.ops import control_flow_util
+
+    return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
+
+
 def _cpu_outside_xla() -> bool:
     """Whether TensorFlow sees no GPU and the current graph is not compiled by XLA.
 
     Raises ImportError where TensorFlow lacks the module that tells the XLA context.
     """
-    import tensorflow as tf
-
-    if tf.config.list_logical_devices("GPU"):
-        return False
-    from tensorflow.python.ops import control_flow_util
-
-    return not control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
+    return not _has_gpu() and not _in_xla_context()
 
 
 @keras.saving.register_keras_serializable(package="keras_rnnx")
@@ -173,13 +184,11 @@ class RNN(keras.layers.RNN):
             return None
         import tensorflow as tf
 
-        if tf.config.list_logical_devices("GPU"):
+        if _has_gpu():
             return None
         try:
-            from tensorflow.python.ops import control_flow_util
-
-            xla = control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
-        except ImportError:
+            xla = _in_xla_context()
+        except ImportError:  # cannot tell whether XLA compiles this graph: Keras's loop
             return None
         if not tf.executing_eagerly() and _tracing_for_export():
             return None

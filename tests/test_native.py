@@ -36,16 +36,13 @@ def test_kernels_are_built_where_a_compiler_is_installed():
 
 
 @pytest.fixture(scope="module")
-def native():
-    """The loaded kernels, with `KERAS_RNNX_NATIVE=1`: these tests check the kernels' numbers
-    and where they may run, so rx.RNN must take them wherever they can run, measured faster or
-    not (tests/test_native_select.py checks that choice)."""
-    module = _native.load()
-    if module is None:
-        pytest.skip(_native.status())
+def native(native):
+    """The loaded kernels (conftest), with `KERAS_RNNX_NATIVE=1`: these tests check the
+    kernels' numbers and where they may run, so rx.RNN must take them wherever they can run,
+    measured faster or not (tests/test_native_select.py checks that choice)."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("KERAS_RNNX_NATIVE", "1")
-        yield module
+        yield native
 
 
 @pytest.fixture(params=reference.KINDS)

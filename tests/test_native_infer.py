@@ -12,21 +12,13 @@ import pytest
 import tensorflow as tf
 
 import keras_rnnx as rx
-from keras_rnnx import _native, rnn
+from keras_rnnx import rnn
 from keras_rnnx._native import select
 
 T, D = 7, 5
 INFER = "RnnxCellInfer"
 CUSTOM_CALL = "XlaCustomCallV2"
 KINDS = ("vanilla", "cec", "original", "forget")
-
-
-@pytest.fixture(scope="module")
-def native():
-    module = _native.load()
-    if module is None:
-        pytest.skip(_native.status())
-    return module
 
 
 def sigmoid(a):

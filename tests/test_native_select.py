@@ -19,14 +19,6 @@ B, T, D, U = 5, 4, 3, 6
 OP = "RnnxCellForward"
 
 
-@pytest.fixture(scope="module")
-def native():
-    module = _native.load()
-    if module is None:
-        pytest.skip(_native.status())
-    return module
-
-
 def test_kernels_are_chosen_only_when_they_measured_faster():
     assert select.faster({"kernels": [1.0, 1.1, 0.9], "loop": [2.0, 2.2, 1.9]})
     assert not select.faster({"kernels": [2.0, 2.2, 1.9], "loop": [1.0, 1.1, 0.9]})

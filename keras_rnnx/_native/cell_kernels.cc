@@ -133,14 +133,20 @@ int Blocks(Cell cell) {
   }
 }
 
-tensorflow::Status ParseCell(OpKernelConstruction* context, Cell* cell) {
-  std::string name;
-  TF_RETURN_IF_ERROR(context->GetAttr("cell", &name));
+// The cell named by the ops' `cell` attribute (and the XLA custom call's config).
+bool CellFromName(const std::string& name, Cell* cell) {
   if (name == "forget") *cell = Cell::kForget;
   else if (name == "original") *cell = Cell::kOriginal;
   else if (name == "cec") *cell = Cell::kCec;
   else if (name == "vanilla") *cell = Cell::kVanilla;
-  else return InvalidArgument("unknown cell ", name);
+  else return false;
+  return true;
+}
+
+tensorflow::Status ParseCell(OpKernelConstruction* context, Cell* cell) {
+  std::string name;
+  TF_RETURN_IF_ERROR(context->GetAttr("cell", &name));
+  if (!CellFromName(name, cell)) return InvalidArgument("unknown cell ", name);
   return absl::OkStatus();
 }
 
@@ -597,19 +603,19 @@ class CellInfer : public CellKernel {
 // XLA compiles (where a TensorFlow op without an XLA kernel cannot run). backend_config:
 // "<cell> <steps> <batch> <features> <units> <sequences 0/1> <backwards 0/1>"; operands x,
 // kernel, bias, recurrent_kernel, h0, c0; results (h_seq,) h_last, c_last. Row blocks run
-// on threads of their own, one per core. TensorFlow does not export the status setter, so a
-// failure (a bad config, out of memory) leaves NaN in the results.
+// on threads of their own, one per core. TensorFlow does not export the status setter: out of
+// memory leaves NaN in the results, a config it cannot parse (never one from keras_rnnx.RNN)
+// leaves them unset.
 extern "C" void RnnxCellInferXla(void* out, const void** in, const char* opaque,
                                  size_t opaque_len, XlaCustomCallStatus* status) {
   const std::string config(opaque, opaque_len);
   char name[16] = {0};
   long long steps = 0, batch = 0, features = 0, units = 0;
   int sequences = 0, backwards = 0;
+  Cell cell = Cell::kVanilla;
   const bool parsed = std::sscanf(config.c_str(), "%15s %lld %lld %lld %lld %d %d", name, &steps,
-                                  &batch, &features, &units, &sequences, &backwards) == 7;
-  const std::string cell_name(name);
-  const Cell cell = cell_name == "forget" ? Cell::kForget : cell_name == "original"
-                    ? Cell::kOriginal : cell_name == "cec" ? Cell::kCec : Cell::kVanilla;
+                                  &batch, &features, &units, &sequences, &backwards) == 7 &&
+                      CellFromName(name, &cell);
   const InferShape s{cell, steps, batch, features, units, Blocks(cell) * units, backwards != 0};
   void** outputs = static_cast<void**>(out);
   float* h_seq = sequences ? static_cast<float*>(outputs[0]) : nullptr;
