@@ -12,7 +12,8 @@ default); the ISA's name is part of the file name, so that a cache directory sha
 machines never hands a CPU a library built for instructions it lacks. `KERAS_RNNX_ISA=avx2`
 (or `generic`) caps the ISA. Where the kernels cannot be built or loaded — no compiler, a
 failed build, or `KERAS_RNNX_NATIVE=0` in the environment — `load()` returns None, `status()`
-says why, and `keras_rnnx.RNN` trains with its TensorFlow loop instead: the same numbers.
+says why, and `keras_rnnx.RNN` trains with its TensorFlow loop and infers with Keras's
+instead: the same numbers.
 
 Whether `keras_rnnx.RNN` then uses the loaded kernels is measured, per shape class, by
 `keras_rnnx._native.select`: only where they ran faster than the TensorFlow loop.
