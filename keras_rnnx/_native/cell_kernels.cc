@@ -21,6 +21,7 @@
 #define EIGEN_USE_THREADS
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <string>
 
 #include <Eigen/Core>
@@ -67,42 +68,49 @@ using ConstRowMatrixMap = Eigen::Map<const RowMatrix>;
 // Contraction index pairs: a·b, a·bᵀ and aᵀ·b.
 const Product kAtB = {Eigen::IndexPair<int>(0, 0)};
 
-// Runs body(first_row, rows) for row blocks of the batch, in parallel on the intra-op pool:
-// one block per thread (smaller blocks make the per-step product slower: measured 10-30 %
-// slower with two or four blocks per thread on a 2-core AMD EPYC), at least kMinRows rows
-// each. The calling thread and the pool threads take blocks from a shared counter, so a block
-// whose pool thread has not started yet (the pool is busy, e.g. with the input pipeline
-// during model.fit) is run by whichever thread is free first.
-constexpr int64_t kMinRows = 8;
+int64_t PoolThreads(OpKernelContext* context) {
+  return std::max(1, context->device()->tensorflow_cpu_worker_threads()->num_threads);
+}
 
+// Runs body(k) for k = 0 .. blocks - 1, in parallel on the calling thread and up to threads - 1
+// threads of the intra-op pool. They take blocks from a shared counter, so a block whose pool
+// thread has not started yet (the pool is busy, e.g. with the input pipeline during
+// model.fit) is run by whichever thread is free first.
 template <typename Body>
-void ForRowBlocks(OpKernelContext* context, int64_t batch, Body body) {
-  const auto* workers = context->device()->tensorflow_cpu_worker_threads();
-  const int64_t threads = std::max(1, workers->num_threads);
-  const int64_t blocks = std::max<int64_t>(
-      1, std::min<int64_t>(threads, batch / kMinRows));
-  const auto run_block = [&](int64_t k) {
-    const int64_t first = k * batch / blocks;
-    body(first, (k + 1) * batch / blocks - first);
-  };
-  if (blocks == 1) {
-    run_block(0);
+void ForBlocks(OpKernelContext* context, int64_t blocks, Body body) {
+  if (blocks <= 1) {
+    if (blocks == 1) body(0);
     return;
   }
   std::atomic<int64_t> next{0};
   const auto take_blocks = [&]() {
-    for (int64_t k = next.fetch_add(1); k < blocks; k = next.fetch_add(1)) run_block(k);
+    for (int64_t k = next.fetch_add(1); k < blocks; k = next.fetch_add(1)) body(k);
   };
-  const int64_t helpers = std::min(threads, blocks) - 1;
+  const int64_t helpers = std::min(PoolThreads(context), blocks) - 1;
   tensorflow::BlockingCounter done(static_cast<int>(helpers));
   for (int64_t i = 0; i < helpers; ++i) {
-    workers->workers->Schedule([&]() {
+    context->device()->tensorflow_cpu_worker_threads()->workers->Schedule([&]() {
       take_blocks();
       done.DecrementCount();
     });
   }
   take_blocks();
   done.Wait();
+}
+
+// Runs body(first_row, rows) for row blocks of the batch with ForBlocks: one block per thread
+// (smaller blocks make the per-step product slower: measured 10-30 % slower with two or four
+// blocks per thread on a 2-core AMD EPYC), at least kMinRows rows each.
+constexpr int64_t kMinRows = 8;
+
+template <typename Body>
+void ForRowBlocks(OpKernelContext* context, int64_t batch, Body body) {
+  const int64_t blocks = std::max<int64_t>(
+      1, std::min<int64_t>(PoolThreads(context), batch / kMinRows));
+  ForBlocks(context, blocks, [&](int64_t k) {
+    const int64_t first = k * batch / blocks;
+    body(first, (k + 1) * batch / blocks - first);
+  });
 }
 
 tensorflow::Status CheckMatrix(const Tensor& t, const char* name, int64_t rows, int64_t cols) {
@@ -364,88 +372,23 @@ class CellBackward : public CellKernel {
 
 
 // --- Inference -----------------------------------------------------------------------------
-// The forward loop without the block activations that training keeps for its backward pass:
-// a_t = b + x_t W + h_{t-1} R, both products register-blocked on W and R packed once per call
-// into panels of 16 columns (Eigen's product packs its right operand again at every step, and
-// a projection of all steps before the loop writes and reads back a (T, B, width)
-// intermediate; both measured slower than PyTorch's loop), σ as 0.5 tanh(x/2) + 0.5. Used by
-// the RnnxCellInfer op and, under XLA, by the custom call "rnnx_cell_infer".
+// The forward loop without the block activations that training keeps for its backward pass,
+// fused per step into one pass over the units: for a tile of rows and a column block of the
+// units (for the gated cells 16 units with all their gates, for cec and vanilla up to 64
+// units), a_t = b + x_t W + h_{t-1} R accumulates in registers over W and R packed once per
+// call ([block][feature or unit][vector][16]), and the cell's update of c and h follows on the
+// same registers: no (rows, width) array of gates is written and read back between the product
+// and the update (Eigen's product packs its right operand again at every step; a projection of
+// all steps before the loop writes and reads back a (T, B, width) intermediate; both measured
+// slower than PyTorch's loop). tanh is Eigen's (the same rational approximation as
+// TensorFlow's Tanh), σ(x) = 0.5 tanh(x/2) + 0.5. Used by the RnnxCellInfer op and, under
+// XLA, by the custom call "rnnx_cell_infer".
 
 typedef float Vec16 __attribute__((vector_size(64), aligned(64)));
 typedef float Vec16u __attribute__((vector_size(64), aligned(4)));
-
-int64_t PaddedWidth(int64_t width) { return (width + 15) / 16 * 16; }
-
-// M (depth, width) row-major -> panels[v][k][16] (columns past width zero).
-void PackPanels(const float* m, int64_t depth, int64_t width, float* packed) {
-  const int64_t vectors = PaddedWidth(width) / 16;
-  for (int64_t v = 0; v < vectors; ++v) {
-    const int64_t cols = std::min<int64_t>(16, width - 16 * v);
-    for (int64_t k = 0; k < depth; ++k) {
-      float* out = packed + (v * depth + k) * 16;
-      std::memcpy(out, m + k * width + 16 * v, sizeof(float) * cols);
-      std::memset(out + cols, 0, sizeof(float) * (16 - cols));
-    }
-  }
-}
-
-// a[MR rows, 16·NV columns] += u[MR rows (stride ldu), depth] · (NV panels).
-template <int MR, int NV>
-inline void ProductTile(const float* u, int64_t ldu, int64_t depth, const float* panels,
-                        float* a, int64_t lda) {
-  Vec16 acc[MR][NV];
-  for (int r = 0; r < MR; ++r)
-    for (int v = 0; v < NV; ++v) acc[r][v] = *reinterpret_cast<const Vec16u*>(a + r * lda + 16 * v);
-  for (int64_t k = 0; k < depth; ++k) {
-    Vec16 b[NV];
-    for (int v = 0; v < NV; ++v) b[v] = *reinterpret_cast<const Vec16*>(panels + (v * depth + k) * 16);
-    for (int r = 0; r < MR; ++r) {
-      const float s = u[r * ldu + k];
-      for (int v = 0; v < NV; ++v) acc[r][v] += s * b[v];
-    }
-  }
-  for (int r = 0; r < MR; ++r)
-    for (int v = 0; v < NV; ++v) *reinterpret_cast<Vec16u*>(a + r * lda + 16 * v) = acc[r][v];
-}
-
-template <int MR>
-inline void ProductRows(const float* u, int64_t ldu, int64_t depth, const float* packed,
-                        int64_t padded, float* a) {
-  // Accumulators and panel registers within the 32 vector registers of AVX-512.
-  constexpr int NV = MR >= 5 ? 2 : MR >= 3 ? 3 : 4;
-  const int64_t vectors = padded / 16;
-  int64_t v = 0;
-  for (; v + NV <= vectors; v += NV)
-    ProductTile<MR, NV>(u, ldu, depth, packed + v * depth * 16, a + 16 * v, padded);
-  for (; v < vectors; ++v)
-    ProductTile<MR, 1>(u, ldu, depth, packed + v * depth * 16, a + 16 * v, padded);
-}
-
-// a (rows, padded) += u (rows, depth; row stride ldu) · M, M packed by PackPanels.
-void PackedProduct(const float* u, int64_t ldu, int64_t rows, int64_t depth,
-                   const float* packed, int64_t padded, float* a) {
-  int64_t r = 0;
-  for (; r + 6 <= rows; r += 6)
-    ProductRows<6>(u + r * ldu, ldu, depth, packed, padded, a + r * padded);
-  const float* ur = u + r * ldu;
-  float* ar = a + r * padded;
-  switch (rows - r) {
-    case 5: ProductRows<5>(ur, ldu, depth, packed, padded, ar); break;
-    case 4: ProductRows<4>(ur, ldu, depth, packed, padded, ar); break;
-    case 3: ProductRows<3>(ur, ldu, depth, packed, padded, ar); break;
-    case 2: ProductRows<2>(ur, ldu, depth, packed, padded, ar); break;
-    case 1: ProductRows<1>(ur, ldu, depth, packed, padded, ar); break;
-    default: break;
-  }
-}
-
-using StridedArrayMap = Eigen::Map<Array, Eigen::Unaligned, Eigen::OuterStride<>>;
-
-template <typename Block>
-void Sigmoid(Block&& g) {
-  g = g * 0.5f;
-  g = g.tanh() * 0.5f + 0.5f;
-}
+using Packet = Eigen::internal::packet_traits<float>::type;
+constexpr int kPacket = Eigen::internal::unpacket_traits<Packet>::size;
+static_assert(16 % kPacket == 0, "Eigen's float packet must divide 16 lanes");
 
 struct InferShape {
   Cell cell;
@@ -453,92 +396,363 @@ struct InferShape {
   bool backwards;
 };
 
+// Column blocks of 16-float vectors: for the gated cells vector v of block b holds gate v of
+// units 16·b .. 16·b + 15; for cec and vanilla units 64·b + 16·v .. 64·b + 16·v + 15 (up to
+// four vectors). States are kept `padded_units` wide.
+struct Columns {
+  explicit Columns(const InferShape& s)
+      : gates(Blocks(s.cell)), groups((s.units + 15) / 16),
+        blocks(gates > 1 ? groups : (groups + 3) / 4), padded_units(16 * groups) {}
+  // Vectors in block b (the last cec or vanilla block may have fewer).
+  int In(int64_t b) const {
+    return gates > 1 ? gates : static_cast<int>(std::min<int64_t>(4, groups - 4 * b));
+  }
+  // The first unit of vector v in block b.
+  int64_t Unit(int64_t b, int v) const { return gates > 1 ? 16 * b : 64 * b + 16 * v; }
+  int gates;
+  int64_t groups, blocks, padded_units;
+};
+
 struct Buffer {
+  // No allocation for 0 floats (data null).
   explicit Buffer(int64_t floats)
-      : data(static_cast<float*>(std::aligned_alloc(64, sizeof(float) * std::max<int64_t>(16, (floats + 15) / 16 * 16)))) {}
+      : data(floats == 0 ? nullptr
+                         : static_cast<float*>(std::aligned_alloc(
+                               64, sizeof(float) * ((floats + 15) / 16 * 16)))) {}
   ~Buffer() { std::free(data); }
   Buffer(const Buffer&) = delete;
   Buffer& operator=(const Buffer&) = delete;
   float* data;
 };
 
-// The packed kernels of one call.
+// The weights as the loop reads them: W (features rows), R (units rows) and b, of `ld` columns
+// each, vector v of column block b starting at column Offset(b, v). Where the units are a
+// multiple of 16 these are the op's inputs as they are (no copy per call); otherwise a copy in
+// which each gate's columns are padded with zeros to a multiple of 16, so that no vector reads
+// past its gate or the array.
 struct InferWeights {
   InferWeights(const InferShape& s, const float* kernel, const float* bias,
                const float* recurrent)
-      : kernel(s.features * PaddedWidth(s.width)), recurrent(s.units * PaddedWidth(s.width)),
-        bias(PaddedWidth(s.width)) {
-    if (!ok()) return;
-    PackPanels(kernel, s.features, s.width, this->kernel.data);
-    PackPanels(recurrent, s.units, s.width, this->recurrent.data);
-    std::memset(this->bias.data, 0, sizeof(float) * PaddedWidth(s.width));
-    if (bias) std::memcpy(this->bias.data, bias, sizeof(float) * s.width);
+      : columns(s), copy(s.units % 16 == 0 && bias ? 0
+                         : (s.features + s.units + 1) * columns.gates * columns.padded_units) {
+    if (s.units % 16 == 0 && bias) {
+      w = kernel, r = recurrent, b = bias;
+      ld = s.width, gate_ld = s.units;
+      return;
+    }
+    gate_ld = columns.padded_units;
+    ld = columns.gates * gate_ld;
+    if (!copy.data) return;
+    float* out = copy.data;
+    const auto pad = [&](const float* row) {
+      for (int g = 0; g < columns.gates; ++g, out += gate_ld) {
+        if (row) std::memcpy(out, row + g * s.units, sizeof(float) * s.units);
+        else std::memset(out, 0, sizeof(float) * s.units);
+        std::memset(out + s.units, 0, sizeof(float) * (gate_ld - s.units));
+      }
+    };
+    w = out;
+    for (int64_t k = 0; k < s.features; ++k) pad(kernel + k * s.width);
+    r = out;
+    for (int64_t k = 0; k < s.units; ++k) pad(recurrent + k * s.width);
+    b = out;
+    pad(bias);
   }
-  bool ok() const { return kernel.data && recurrent.data && bias.data; }
-  Buffer kernel, recurrent, bias;
+  bool ok() const { return w != nullptr; }
+  int64_t Offset(int64_t block, int v) const {
+    return columns.gates > 1 ? v * gate_ld + 16 * block : 64 * block + 16 * v;
+  }
+  Columns columns;
+  Buffer copy;
+  const float *w = nullptr, *r = nullptr, *b = nullptr;
+  int64_t ld = 0, gate_ld = 0;
+};
+
+// One row block's view of a step: MR rows' inputs (x_t rows of stride ldx, h_{t-1} rows of
+// stride `padded_units`), their c (updated in place) and h_t rows, and where h_t also goes.
+struct StepRows {
+  const float* x;
+  int64_t ldx;
+  const float* h_prev;
+  float* c;
+  float* h_next;
+  float* h_seq;  // row r of h_t in the output sequence at h_seq + r * ld_seq, or null
+  int64_t ld_seq;
+};
+
+inline Packet Sigmoid(const Packet& a) {
+  using namespace Eigen::internal;
+  const Packet half = pset1<Packet>(0.5f);
+  return padd(pmul(ptanh(pmul(a, half)), half), half);
+}
+
+// The cell's update of one 16-unit vector: a points at the vectors of its gates (the gated
+// cells) or at its one pre-activation (cec, vanilla); c and h are the unit's state and new
+// output, `lanes` of them valid for the output sequence.
+inline void Update(Cell cell, const float* a, int gate_stride, float* c, float* h,
+                   float* h_seq, int lanes) {
+  using namespace Eigen::internal;
+  alignas(64) float out[16];
+  for (int q = 0; q < 16; q += kPacket) {
+    Packet c_t, h_t;
+    switch (cell) {
+      case Cell::kForget: {
+        const Packet i = Sigmoid(ploadu<Packet>(a + q));
+        const Packet f = Sigmoid(ploadu<Packet>(a + gate_stride + q));
+        const Packet z = ptanh(ploadu<Packet>(a + 2 * gate_stride + q));
+        const Packet o = Sigmoid(ploadu<Packet>(a + 3 * gate_stride + q));
+        c_t = padd(pmul(f, ploadu<Packet>(c + q)), pmul(i, z));
+        h_t = pmul(o, ptanh(c_t));
+        break;
+      }
+      case Cell::kOriginal: {
+        const Packet i = Sigmoid(ploadu<Packet>(a + q));
+        const Packet z = ptanh(ploadu<Packet>(a + gate_stride + q));
+        const Packet o = Sigmoid(ploadu<Packet>(a + 2 * gate_stride + q));
+        c_t = padd(ploadu<Packet>(c + q), pmul(i, z));
+        h_t = pmul(o, ptanh(c_t));
+        break;
+      }
+      case Cell::kCec:
+        c_t = padd(ploadu<Packet>(c + q), ptanh(ploadu<Packet>(a + q)));
+        h_t = ptanh(c_t);
+        break;
+      default:
+        h_t = c_t = ptanh(ploadu<Packet>(a + q));
+        break;
+    }
+    pstoreu(c + q, c_t);
+    pstoreu(h + q, h_t);
+    pstore(out + q, h_t);
+  }
+  if (h_seq) std::memcpy(h_seq, out, sizeof(float) * lanes);
+}
+
+// MR rows × one column block of NV vectors: a = bias + x_t W + h_{t-1} R in registers, then
+// the cell's update.
+template <int MR, int NV>
+void Tile(const InferShape& s, const InferWeights& w, int64_t block, const StepRows& rows) {
+  const Columns& columns = w.columns;
+  int64_t offset[NV];
+  for (int v = 0; v < NV; ++v) offset[v] = w.Offset(block, v);
+  Vec16 acc[MR][NV];
+  for (int v = 0; v < NV; ++v) {
+    const Vec16 b = *reinterpret_cast<const Vec16u*>(w.b + offset[v]);
+    for (int r = 0; r < MR; ++r) acc[r][v] = b;
+  }
+  const auto accumulate = [&](const float* u, int64_t ldu, int64_t depth, const float* m) {
+    for (int64_t k = 0; k < depth; ++k, m += w.ld) {
+      Vec16 row[NV];
+      for (int v = 0; v < NV; ++v) row[v] = *reinterpret_cast<const Vec16u*>(m + offset[v]);
+      for (int r = 0; r < MR; ++r) {
+        const float scalar = u[r * ldu + k];
+        for (int v = 0; v < NV; ++v) acc[r][v] += scalar * row[v];
+      }
+    }
+  };
+  accumulate(rows.x, rows.ldx, s.features, w.w);
+  accumulate(rows.h_prev, columns.padded_units, s.units, w.r);
+  alignas(64) float a[MR][NV][16];
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v) *reinterpret_cast<Vec16*>(a[r][v]) = acc[r][v];
+  const int updates = columns.gates > 1 ? 1 : NV;
+  const int gate_stride = columns.gates > 1 ? 16 : 0;
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < updates; ++v) {
+      const int64_t unit = columns.Unit(block, v);
+      const int lanes = static_cast<int>(std::min<int64_t>(16, s.units - unit));
+      const int64_t at = r * columns.padded_units + unit;
+      Update(s.cell, a[r][v], gate_stride, rows.c + at, rows.h_next + at,
+             rows.h_seq ? rows.h_seq + r * rows.ld_seq + unit : nullptr, lanes);
+    }
+}
+
+constexpr int RowsPerTile(int nv) { return nv >= 4 ? 4 : 6; }
+
+template <int NV, int MR = RowsPerTile(NV)>
+void TileRows(const InferShape& s, const InferWeights& w, int64_t block, int64_t rows,
+              StepRows at) {
+  const int64_t ld = w.columns.padded_units;
+  const auto advance = [&](int64_t n) {
+    at.x += n * at.ldx;
+    at.h_prev += n * ld;
+    at.c += n * ld;
+    at.h_next += n * ld;
+    if (at.h_seq) at.h_seq += n * at.ld_seq;
+  };
+  int64_t r = 0;
+  for (; r + MR <= rows; r += MR, advance(MR)) Tile<MR, NV>(s, w, block, at);
+  switch (rows - r) {
+    case 5: if constexpr (MR > 5) Tile<5, NV>(s, w, block, at); break;
+    case 4: if constexpr (MR > 4) Tile<4, NV>(s, w, block, at); break;
+    case 3: Tile<3, NV>(s, w, block, at); break;
+    case 2: Tile<2, NV>(s, w, block, at); break;
+    case 1: Tile<1, NV>(s, w, block, at); break;
+    default: break;
+  }
+}
+
+// Column blocks first_block .. last_block of one step for `rows` rows.
+void StepBlocks(const InferShape& s, const InferWeights& w, int64_t first_block,
+                int64_t last_block, int64_t rows, const StepRows& at) {
+  for (int64_t b = first_block; b < last_block; ++b) {
+    switch (w.columns.In(b)) {
+      case 4: TileRows<4>(s, w, b, rows, at); break;
+      case 3: TileRows<3>(s, w, b, rows, at); break;
+      case 2: TileRows<2>(s, w, b, rows, at); break;
+      default: TileRows<1>(s, w, b, rows, at); break;
+    }
+  }
+}
+
+// The states of a row block through the steps: c (rows, padded units) and h_{t-1}, h_t
+// alternating, initialised from h0 and c0 (past the units zero).
+struct RowState {
+  RowState(const InferShape& s, const Columns& columns, const float* h0, const float* c0,
+           int64_t first, int64_t rows)
+      : ld(columns.padded_units), h(2 * rows * ld), c(rows * ld) {
+    if (!h.data || !c.data) return;
+    std::memset(h.data, 0, sizeof(float) * 2 * rows * ld);
+    std::memset(c.data, 0, sizeof(float) * rows * ld);
+    for (int64_t r = 0; r < rows; ++r) {
+      std::memcpy(h.data + r * ld, h0 + (first + r) * s.units, sizeof(float) * s.units);
+      std::memcpy(c.data + r * ld, c0 + (first + r) * s.units, sizeof(float) * s.units);
+    }
+  }
+  bool ok() const { return h.data && c.data; }
+  // Step t's view for the rows of x from row `first`.
+  StepRows At(const InferShape& s, const float* x, int64_t first, int64_t rows, int64_t t,
+              float* h_seq) const {
+    const int64_t input_step = s.backwards ? s.steps - 1 - t : t;
+    return StepRows{x + (first * s.steps + input_step) * s.features, s.steps * s.features,
+                    h.data + (t % 2) * rows * ld, c.data, h.data + ((t + 1) % 2) * rows * ld,
+                    h_seq ? h_seq + (first * s.steps + t) * s.units : nullptr,
+                    s.steps * s.units};
+  }
+  // h_T and c_T of the rows into h_last, c_last (batch, units).
+  void Finish(const InferShape& s, int64_t first, int64_t rows, float* h_last,
+              float* c_last) const {
+    const float* h_final = h.data + (s.steps % 2) * rows * ld;
+    for (int64_t r = 0; r < rows; ++r) {
+      std::memcpy(h_last + (first + r) * s.units, h_final + r * ld, sizeof(float) * s.units);
+      std::memcpy(c_last + (first + r) * s.units, c.data + r * ld, sizeof(float) * s.units);
+    }
+  }
+  int64_t ld;
+  Buffer h, c;
 };
 
 // Rows first .. first + rows of the batch through all steps. x: (batch, steps, features);
 // h_seq (batch, steps, units), in the order the steps run, or null; h_last, c_last (batch,
-// units).
-void InferRows(const InferShape& s, const float* x, const InferWeights& w, const float* h0,
+// units). False: out of memory.
+bool InferRows(const InferShape& s, const float* x, const InferWeights& w, const float* h0,
                const float* c0, int64_t first, int64_t rows, float* h_seq, float* h_last,
                float* c_last) {
-  const int64_t units = s.units, width = s.width, padded = PaddedWidth(width);
-  std::vector<float> a(rows * padded), h_buf(2 * rows * units), c_buf(2 * rows * units);
-  std::memcpy(h_buf.data(), h0 + first * units, sizeof(float) * rows * units);
-  std::memcpy(c_buf.data(), c0 + first * units, sizeof(float) * rows * units);
-  const float* h_prev = h_buf.data();
-  int64_t h_stride = units;
-  const float* c_prev = c_buf.data();
-  for (int64_t t = 0; t < s.steps; ++t) {
-    const int64_t input_step = s.backwards ? s.steps - 1 - t : t;
-    for (int64_t r = 0; r < rows; ++r)
-      std::memcpy(a.data() + r * padded, w.bias.data, sizeof(float) * padded);
-    PackedProduct(x + (first * s.steps + input_step) * s.features, s.steps * s.features, rows,
-                  s.features, w.kernel.data, padded, a.data());
-    PackedProduct(h_prev, h_stride, rows, units, w.recurrent.data, padded, a.data());
-    const int64_t slot = (t + 1) % 2;
-    float* h_next = h_seq ? h_seq + (first * s.steps + t) * units
-                          : h_buf.data() + slot * rows * units;
-    const int64_t next_stride = h_seq ? s.steps * units : units;
-    float* c_next = c_buf.data() + slot * rows * units;
-    StridedArrayMap g(a.data(), rows, width, Eigen::OuterStride<>(padded));
-    StridedArrayMap h_t(h_next, rows, units, Eigen::OuterStride<>(next_stride));
-    ArrayMap c_t(c_next, rows, units);
-    const ConstArrayMap c_before(c_prev, rows, units);
-    switch (s.cell) {
-      case Cell::kForget:
-        Sigmoid(g.leftCols(2 * units));
-        g.middleCols(2 * units, units) = g.middleCols(2 * units, units).tanh();
-        Sigmoid(g.rightCols(units));
-        c_t = g.middleCols(units, units) * c_before +
-              g.leftCols(units) * g.middleCols(2 * units, units);
-        h_t = g.rightCols(units) * c_t.tanh();
-        break;
-      case Cell::kOriginal:
-        Sigmoid(g.leftCols(units));
-        g.middleCols(units, units) = g.middleCols(units, units).tanh();
-        Sigmoid(g.rightCols(units));
-        c_t = c_before + g.leftCols(units) * g.middleCols(units, units);
-        h_t = g.rightCols(units) * c_t.tanh();
-        break;
-      case Cell::kCec:
-        c_t = c_before + g.tanh();
-        h_t = c_t.tanh();
-        break;
-      case Cell::kVanilla:
-        c_t = g.tanh();
-        h_t = c_t;
-        break;
+  const RowState state(s, w.columns, h0, c0, first, rows);
+  if (!state.ok()) return false;
+  for (int64_t t = 0; t < s.steps; ++t)
+    StepBlocks(s, w, 0, w.columns.blocks, rows, state.At(s, x, first, rows, t, h_seq));
+  state.Finish(s, first, rows, h_last, c_last);
+  return true;
+}
+
+// The steps of one row block shared between threads, each thread owning parts (contiguous
+// ranges of column blocks) for all steps, so that a part's weights stay in its core's cache: a
+// thread starts step t when every other part has finished step t - 1. A thread claims a part
+// when it starts; a part that no thread has claimed within kPatience of being waited for (its
+// pool thread has not started: the pool is busy) is claimed by the waiting thread, so the
+// steps never wait on a thread that does not come.
+class StepParts {
+ public:
+  static constexpr int64_t kMaxParts = 16;
+  StepParts(int64_t steps, int64_t parts) : steps_(steps), parts_(std::min(parts, kMaxParts)) {}
+  int64_t parts() const { return parts_; }
+
+  template <typename Body>  // body(step, part)
+  void Work(Body body) {
+    bool mine[kMaxParts] = {};
+    int64_t owned = 0;
+    for (int64_t q = 0; q < parts_ && owned == 0; ++q)
+      if (Claim(q)) mine[q] = true, owned = 1;
+    if (owned == 0) return;
+    for (int64_t t = 0; t < steps_; ++t) {
+      for (int64_t q = 0; q < parts_; ++q) {
+        if (mine[q]) continue;
+        const auto since = std::chrono::steady_clock::now();
+        for (int64_t spins = 0; part_[q].progress.load(std::memory_order_acquire) < t; ++spins) {
+          if (spins % 1024 == 1023 && !part_[q].claimed.load(std::memory_order_relaxed) &&
+              std::chrono::steady_clock::now() - since > kPatience && Claim(q)) {
+            mine[q] = true;  // nobody ran it: its progress is 0 and t is 1
+            for (int64_t u = part_[q].progress.load(); u < t; ++u) Run(body, u, q);
+            break;
+          }
+          if (spins < 20000) Pause();
+          else std::this_thread::yield();
+        }
+      }
+      for (int64_t q = 0; q < parts_; ++q)
+        if (mine[q]) Run(body, t, q);
     }
-    h_prev = h_next;
-    h_stride = next_stride;
-    c_prev = c_next;
   }
-  for (int64_t r = 0; r < rows; ++r)
-    std::memcpy(h_last + (first + r) * units, h_prev + r * h_stride, sizeof(float) * units);
-  std::memcpy(c_last + first * units, c_prev, sizeof(float) * rows * units);
+
+ private:
+  static constexpr std::chrono::microseconds kPatience{50};
+  struct alignas(64) Part {
+    std::atomic<bool> claimed{false};
+    std::atomic<int64_t> progress{0};  // steps done
+  };
+  bool Claim(int64_t q) {
+    bool expected = false;
+    return part_[q].claimed.compare_exchange_strong(expected, true);
+  }
+  template <typename Body>
+  void Run(Body& body, int64_t t, int64_t q) {
+    body(t, q);
+    part_[q].progress.store(t + 1, std::memory_order_release);
+  }
+  static void Pause() {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+  }
+  const int64_t steps_, parts_;
+  Part part_[kMaxParts];
+};
+
+// The whole batch on `threads` threads; parallel(n, body) runs body(k) for k = 0 .. n - 1 in
+// parallel, each once. With at least kMinRows rows a thread, row blocks run through all steps
+// without synchronisation; with fewer (small batches, where streaming W and R from the cache
+// dominates) the column blocks of each step are split between the threads. False: out of
+// memory.
+template <typename Parallel>
+bool InferAll(const InferShape& s, const float* x, const InferWeights& w, const float* h0,
+              const float* c0, float* h_seq, float* h_last, float* c_last, int64_t threads,
+              Parallel parallel) {
+  std::atomic<bool> failed{false};
+  const int64_t row_blocks = std::min<int64_t>(threads, s.batch / kMinRows);
+  const int64_t parts = std::min<int64_t>(threads, w.columns.blocks);
+  if (row_blocks >= 2 || parts < 2) {
+    const int64_t blocks = std::max<int64_t>(1, row_blocks);
+    parallel(blocks, [&](int64_t k) {
+      const int64_t first = k * s.batch / blocks;
+      if (!InferRows(s, x, w, h0, c0, first, (k + 1) * s.batch / blocks - first, h_seq,
+                     h_last, c_last))
+        failed = true;
+    });
+    return !failed;
+  }
+  const RowState state(s, w.columns, h0, c0, 0, s.batch);
+  if (!state.ok()) return false;
+  StepParts steps(s.steps, parts);
+  const int64_t blocks = w.columns.blocks, n = steps.parts();
+  parallel(n, [&](int64_t) {
+    steps.Work([&](int64_t t, int64_t part) {
+      StepBlocks(s, w, part * blocks / n, (part + 1) * blocks / n, s.batch,
+                 state.At(s, x, 0, s.batch, t, h_seq));
+    });
+  });
+  state.Finish(s, 0, s.batch, h_last, c_last);
+  return true;
 }
 
 class CellInfer : public CellKernel {
@@ -585,12 +799,13 @@ class CellInfer : public CellKernel {
                                r.flat<float>().data());
     OP_REQUIRES(context, weights.ok(),
                 tensorflow::errors::ResourceExhausted("out of memory packing the kernels"));
-    ForRowBlocks(context, s.batch, [&](int64_t first, int64_t rows) {
-      InferRows(s, x.flat<float>().data(), weights, h0.flat<float>().data(),
-                c0.flat<float>().data(), first, rows,
-                sequences_ ? h->flat<float>().data() : nullptr, h_last->flat<float>().data(),
-                c_last->flat<float>().data());
-    });
+    const bool done = InferAll(
+        s, x.flat<float>().data(), weights, h0.flat<float>().data(), c0.flat<float>().data(),
+        sequences_ ? h->flat<float>().data() : nullptr, h_last->flat<float>().data(),
+        c_last->flat<float>().data(), PoolThreads(context),
+        [&](int64_t n, const auto& body) { ForBlocks(context, n, body); });
+    OP_REQUIRES(context, done,
+                tensorflow::errors::ResourceExhausted("out of memory for the cell states"));
   }
 
  private:
@@ -629,27 +844,25 @@ extern "C" void RnnxCellInferXla(void* out, const void** in, const char* opaque,
     std::memcpy(c_last, c0, sizeof(float) * batch * units);
     return;
   }
-  const InferWeights weights(s, static_cast<const float*>(in[1]),
-                             static_cast<const float*>(in[2]), static_cast<const float*>(in[3]));
-  if (!weights.ok()) {
+  const auto fail = [&]() {
     const float nan = std::numeric_limits<float>::quiet_NaN();
     if (h_seq) std::fill(h_seq, h_seq + steps * batch * units, nan);
     std::fill(h_last, h_last + batch * units, nan);
     std::fill(c_last, c_last + batch * units, nan);
-    return;
-  }
-  const float* x = static_cast<const float*>(in[0]);
-  const int64_t cores = std::max(1u, std::thread::hardware_concurrency());
-  const int64_t blocks = std::max<int64_t>(1, std::min<int64_t>(cores, batch / kMinRows));
-  const auto run_block = [&](int64_t k) {
-    const int64_t first = k * batch / blocks;
-    InferRows(s, x, weights, h0, c0, first, (k + 1) * batch / blocks - first, h_seq, h_last,
-              c_last);
   };
-  std::vector<std::thread> helpers;
-  for (int64_t k = 1; k < blocks; ++k) helpers.emplace_back(run_block, k);
-  run_block(0);
-  for (auto& helper : helpers) helper.join();
+  const InferWeights weights(s, static_cast<const float*>(in[1]),
+                             static_cast<const float*>(in[2]), static_cast<const float*>(in[3]));
+  if (!weights.ok()) return fail();
+  const int64_t cores = std::max(1u, std::thread::hardware_concurrency());
+  const auto parallel = [](int64_t n, const auto& body) {
+    std::vector<std::thread> helpers;
+    for (int64_t k = 1; k < n; ++k) helpers.emplace_back([&body, k]() { body(k); });
+    body(0);
+    for (auto& helper : helpers) helper.join();
+  };
+  if (!InferAll(s, static_cast<const float*>(in[0]), weights, h0, c0, h_seq, h_last, c_last,
+                cores, parallel))
+    fail();
 }
 
 const bool kRegistered = [] {
