@@ -71,7 +71,11 @@ def graph_ops(fn, spec, jit=False):
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("sequences,backwards", [(False, False), (True, True)])
-@pytest.mark.parametrize("batch,units", [(1, 16), (9, 10)])
+# Batch 1 and 9 with one column block run whole steps on one thread; batch 2 with units 48 (the
+# gated cells: three column blocks) splits each step's columns between the threads; batch 37
+# runs row blocks with remainder tiles; units 10 read padded copies of the weights, 48 and 80
+# (cec and vanilla: a block of four vectors and one of one) the weights in place.
+@pytest.mark.parametrize("batch,units", [(1, 16), (9, 10), (2, 48), (37, 80)])
 def test_inference_matches_the_equations_on_every_path(native, monkeypatch, kind, sequences,
                                                        backwards, batch, units):
     monkeypatch.setenv("KERAS_RNNX_NATIVE", "1")
@@ -96,6 +100,33 @@ def test_inference_matches_the_equations_on_every_path(native, monkeypatch, kind
         for g, e in zip(got, expected):
             scale = 1.0 + np.abs(e).max()
             np.testing.assert_allclose(g, e, atol=2e-5 * scale, rtol=0, err_msg=name)
+
+
+@pytest.mark.parametrize("kind", ["vanilla", "forget"])
+def test_inference_starts_from_the_given_state(native, monkeypatch, kind):
+    monkeypatch.setenv("KERAS_RNNX_NATIVE", "1")
+    units, batch = 48, 3
+    model, layer = model_for(kind, units, sequences=True)
+    cell = layer.cell
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(batch, T, D)).astype("float32")
+    h0 = rng.normal(size=(batch, units)).astype("float32")
+    c0 = rng.normal(size=(batch, units)).astype("float32") if kind != "vanilla" else h0
+    state = [h0, c0] if kind != "vanilla" else [h0]
+    h_seq, h_last, c_last = numpy_forward(kind, x.astype(np.float64), cell.kernel.numpy(),
+                                          cell.recurrent_kernel.numpy(), cell.bias.numpy(),
+                                          h0.astype(np.float64), c0.astype(np.float64))
+    for name, run in {"eager": lambda: layer(x, initial_state=state, training=False),
+                      "tf.function": lambda: tf.function(
+                          lambda v, s: layer(v, initial_state=s, training=False))(x, state)
+                      }.items():
+        got = [np.asarray(v) for v in run()]
+        for g, e in zip(got, [h_seq, h_last, c_last]):
+            np.testing.assert_allclose(g, e, atol=2e-5 * (1 + np.abs(e).max()), rtol=0,
+                                       err_msg=name)
+    graph = tf.function(lambda v, s: layer(v, initial_state=s, training=False))
+    ops = {op.type for op in graph.get_concrete_function(x, state).graph.get_operations()}
+    assert INFER in ops
 
 
 @pytest.mark.parametrize("kind", KINDS)
