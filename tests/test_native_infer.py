@@ -129,6 +129,44 @@ def test_inference_starts_from_the_given_state(native, monkeypatch, kind):
     assert INFER in ops
 
 
+def test_xla_inference_from_several_threads_at_once(native, monkeypatch):
+    """The custom call's helper threads take one call at a time; calls that find them busy run
+    on their own thread, with the same results."""
+    import threading
+
+    monkeypatch.setenv("KERAS_RNNX_NATIVE", "1")
+    model, layer = model_for("forget", 48, sequences=True)
+    fn = tf.function(lambda v: model(v, training=False), jit_compile=True)
+    cell = layer.cell
+    inputs = [np.random.default_rng(seed).normal(size=(batch, T, D)).astype("float32")
+              for seed, batch in enumerate([1, 2, 20, 2, 1, 20])]
+    for x in inputs[:3]:  # one trace per shape before the threads start
+        fn(x)
+    results, errors = {}, []
+
+    def run(k):
+        try:
+            for _ in range(20):
+                results[k] = [np.asarray(v) for v in fn(inputs[k])]
+        except Exception as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(len(inputs))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    for k, x in enumerate(inputs):
+        zeros = np.zeros((x.shape[0], 48))
+        h_seq, h_last, c_last = numpy_forward("forget", x.astype(np.float64),
+                                              cell.kernel.numpy(),
+                                              cell.recurrent_kernel.numpy(),
+                                              cell.bias.numpy(), zeros, zeros)
+        for g, e in zip(results[k], [h_seq, h_last, c_last]):
+            np.testing.assert_allclose(g, e, atol=2e-5 * (1 + np.abs(e).max()), rtol=0)
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_inference_graphs_hold_the_kernel_and_keras_loop_gives_the_same(native, monkeypatch,
                                                                         kind):

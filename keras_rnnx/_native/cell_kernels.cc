@@ -33,7 +33,12 @@
 #include "tensorflow/core/lib/core/threadpool.h"
 #include "unsupported/Eigen/CXX11/Tensor"
 
+#include <condition_variable>
 #include <cstdio>
+#include <functional>
+#include <mutex>
+#include <sched.h>
+#include <unistd.h>
 #include <cstdlib>
 #include <limits>
 #include <cstring>
@@ -656,6 +661,13 @@ bool InferRows(const InferShape& s, const float* x, const InferWeights& w, const
   return true;
 }
 
+// A spinning thread's hint to the CPU.
+inline void Pause() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
+}
+
 // The steps of one row block shared between threads, each thread owning parts (contiguous
 // ranges of column blocks) for all steps, so that a part's weights stay in its core's cache: a
 // thread starts step t when every other part has finished step t - 1. A thread claims a part
@@ -709,11 +721,6 @@ class StepParts {
   void Run(Body& body, int64_t t, int64_t q) {
     body(t, q);
     part_[q].progress.store(t + 1, std::memory_order_release);
-  }
-  static void Pause() {
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#endif
   }
   const int64_t steps_, parts_;
   Part part_[kMaxParts];
@@ -814,11 +821,112 @@ class CellInfer : public CellKernel {
 };
 
 #ifdef RNNX_XLA_CUSTOM_CALL
+// Threads for the custom call, which gets none from XLA: one fewer than the CPUs this process
+// may run on, started on first use and kept (a thread started per call costs about 55 us on a
+// 2-core AMD EPYC, a fifth of a batch-1 forward pass). After a job they spin for kSpin before
+// they sleep, so that calls in quick succession do not wait for a wake-up each. One job at a
+// time: a call that finds them busy (another custom call at the same moment) runs its blocks
+// on its own thread. A forked child starts threads of its own.
+class Helpers {
+ public:
+  static Helpers& Get() {
+    static std::mutex mu;
+    static Helpers* helpers = nullptr;
+    static pid_t pid = 0;
+    std::lock_guard<std::mutex> lock(mu);
+    if (!helpers || pid != getpid()) {
+      helpers = new Helpers(Cpus() - 1);  // never deleted: its threads live as long as the process
+      pid = getpid();
+    }
+    return *helpers;
+  }
+
+  static int64_t Cpus() {
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::max(1, CPU_COUNT(&set));
+    return std::max(1u, std::thread::hardware_concurrency());
+  }
+
+  // body(k) for k = 0 .. n - 1 (n < 2^16), each once, on the calling thread and the helpers
+  // that are awake to take a block before the calling thread has taken them all (like
+  // ForBlocks: a helper that wakes late finds nothing left and does not hold the call up).
+  template <typename Body>
+  void Run(int64_t n, const Body& body) {
+    std::unique_lock<std::mutex> busy(run_mu_, std::try_to_lock);
+    if (!busy.owns_lock() || threads_ == 0 || n < 2) {
+      for (int64_t k = 0; k < n; ++k) body(k);
+      return;
+    }
+    const std::function<void(int64_t)> job = [&body](int64_t k) { body(k); };
+    uint64_t generation;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      generation = generation_.load() + 1;
+      job_ = &job;
+      done_.store(0);
+      next_.store(generation << 32 | static_cast<uint64_t>(n) << 16);
+      generation_.store(generation, std::memory_order_release);
+    }
+    wake_.notify_all();
+    for (int64_t k = Take(generation); k >= 0; k = Take(generation)) {
+      body(k);
+      done_.fetch_add(1, std::memory_order_acq_rel);
+    }
+    while (done_.load(std::memory_order_acquire) < n) Pause();
+  }
+
+ private:
+  static constexpr std::chrono::microseconds kSpin{200};
+  explicit Helpers(int64_t threads) : threads_(std::max<int64_t>(0, threads)) {
+    for (int64_t i = 0; i < threads_; ++i) std::thread([this]() { Loop(); }).detach();
+  }
+  // The next block of job `generation`, or -1 when it has none left (or a later job started).
+  // next_ holds generation (32 bits), blocks (16) and the next block (16), so that a helper
+  // can only take blocks of the job whose body it read.
+  int64_t Take(uint64_t generation) {
+    uint64_t ticket = next_.load();
+    for (;;) {
+      const uint64_t k = ticket & 0xffff, n = (ticket >> 16) & 0xffff;
+      if ((ticket >> 32) != (generation & 0xffffffff) || k >= n) return -1;
+      if (next_.compare_exchange_weak(ticket, ticket + 1)) return static_cast<int64_t>(k);
+    }
+  }
+  void Loop() {
+    uint64_t seen = 0;
+    for (;;) {
+      const auto since = std::chrono::steady_clock::now();
+      for (int64_t spins = 0; generation_.load(std::memory_order_acquire) == seen; ++spins) {
+        Pause();
+        if (spins % 256 == 255 && std::chrono::steady_clock::now() - since > kSpin) {
+          std::unique_lock<std::mutex> lock(mu_);
+          wake_.wait(lock, [&]() { return generation_.load() != seen; });
+        }
+      }
+      const std::function<void(int64_t)>* job;
+      {
+        std::lock_guard<std::mutex> lock(mu_);  // the generation and its body, read together
+        seen = generation_.load();
+        job = job_;
+      }
+      for (int64_t k = Take(seen); k >= 0; k = Take(seen)) {
+        (*job)(k);
+        done_.fetch_add(1, std::memory_order_acq_rel);
+      }
+    }
+  }
+  const int64_t threads_;
+  std::mutex run_mu_, mu_;
+  std::condition_variable wake_;
+  std::atomic<uint64_t> generation_{0}, next_{0};
+  const std::function<void(int64_t)>* job_ = nullptr;
+  std::atomic<int64_t> done_{0};
+};
+
 // The same loop as an XLA custom call (API_VERSION_STATUS_RETURNING_UNIFIED), for graphs that
 // XLA compiles (where a TensorFlow op without an XLA kernel cannot run). backend_config:
 // "<cell> <steps> <batch> <features> <units> <sequences 0/1> <backwards 0/1>"; operands x,
-// kernel, bias, recurrent_kernel, h0, c0; results (h_seq,) h_last, c_last. Row blocks run
-// on threads of their own, one per core. TensorFlow does not export the status setter: out of
+// kernel, bias, recurrent_kernel, h0, c0; results (h_seq,) h_last, c_last. It runs on the
+// calling thread and the Helpers. TensorFlow does not export the status setter: out of
 // memory leaves NaN in the results, a config it cannot parse (never one from keras_rnnx.RNN)
 // leaves them unset.
 extern "C" void RnnxCellInferXla(void* out, const void** in, const char* opaque,
@@ -853,15 +961,9 @@ extern "C" void RnnxCellInferXla(void* out, const void** in, const char* opaque,
   const InferWeights weights(s, static_cast<const float*>(in[1]),
                              static_cast<const float*>(in[2]), static_cast<const float*>(in[3]));
   if (!weights.ok()) return fail();
-  const int64_t cores = std::max(1u, std::thread::hardware_concurrency());
-  const auto parallel = [](int64_t n, const auto& body) {
-    std::vector<std::thread> helpers;
-    for (int64_t k = 1; k < n; ++k) helpers.emplace_back([&body, k]() { body(k); });
-    body(0);
-    for (auto& helper : helpers) helper.join();
-  };
+  Helpers& helpers = Helpers::Get();
   if (!InferAll(s, static_cast<const float*>(in[0]), weights, h0, c0, h_seq, h_last, c_last,
-                cores, parallel))
+                Helpers::Cpus(), [&](int64_t n, const auto& body) { helpers.Run(n, body); }))
     fail();
 }
 
