@@ -17,7 +17,9 @@ Workloads (all on the CPU, float32; `Input((T, input)) → RNN(units) → Dense(
 - Inference (forward only) at batch 64 and 1: `predict_on_batch` (batch 64), and
   `model(x, training=False)` in a `tf.function` with and without `jit_compile`; the model
   exported with `model.export` and served by `tf.saved_model.load(...).serve` (it runs
-  without keras-rnnx); `torch.nn.LSTM` under `torch.no_grad()` (on all cores and on one).
+  without keras-rnnx); `torch.nn.LSTM` under `torch.no_grad()` (on all cores and on one);
+  and, as the floor of what any Keras model costs per call here, a model of one Dense layer
+  on the same input (`Flatten → Dense(1)`) in the same `tf.function`s.
 - Roofline: the machine's large-matmul rate (2048² float32 in TensorFlow, GFLOP/s), against
   which the training steps' rate is reported (FLOPs of the matrix products only: forward
   x·W and h·U, backward twice that; W1 ≈ 3.15 GFLOP a step for the LSTMs).
@@ -186,14 +188,14 @@ def train_flops(batch, steps, features, units, blocks):
 def print_table(title, medians, baselines, flops=None, peak=None):
     print(f"\n{title}")
     baselines = [b for b in baselines if b in medians]
-    header = f"  {'':<30}{'ms':>10}" + (f"{'GFLOP/s':>9}{'% roof':>8}" if flops else "")
-    print(header + "".join(f"{'÷ ' + b:>26}" for b in baselines))
+    header = f"  {'':<40}{'ms':>10}" + (f"{'GFLOP/s':>9}{'% roof':>8}" if flops else "")
+    print(header + "".join(f"{'÷ ' + b:>34}" for b in baselines))
     for name, seconds in medians.items():
-        line = f"  {name:<30}{seconds * 1e3:>10.2f}"
+        line = f"  {name:<40}{seconds * 1e3:>10.2f}"
         if flops:
             rate = flops[name] / seconds / 1e9
             line += f"{rate:>9.1f}{100 * rate / peak:>7.0f}%"
-        print(line + "".join(f"{seconds / medians[b]:>26.2f}" for b in baselines))
+        print(line + "".join(f"{seconds / medians[b]:>34.2f}" for b in baselines))
 
 
 def run_training(label, batch, steps, features, units, kinds, rounds, calls, batches,
@@ -265,6 +267,7 @@ def run_inference(batch_sizes, steps, features, units, rounds, calls, with_torch
                                             features, "auto"),
               "keras.layers.LSTM": keras_model(keras.layers.LSTM(units), steps, features,
                                                "auto")}
+    floor = keras_model(keras.layers.Flatten(), steps, features, "auto")
     served = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, model in models.items():
@@ -284,6 +287,9 @@ def run_inference(batch_sizes, steps, features, units, rounds, calls, with_torch
                 fn = tf.function(lambda v, m=model: m(v, training=False), jit_compile=jit)
                 fns[f"{name} {tag}"] = lambda fn=fn: fn(x).numpy()
             fns[f"{name} exported serve"] = lambda s=served[name]: s.serve(x).numpy()
+        for jit, tag in ((False, "tf.function"), (True, "tf.function XLA")):
+            fn = tf.function(lambda v: floor(v, training=False), jit_compile=jit)
+            fns[f"floor: Dense-only model {tag}"] = lambda fn=fn: fn(x).numpy()
         if parts is not None:
             torch, _, predict = parts
             tx = torch.from_numpy(x_np)
