@@ -726,6 +726,10 @@ class StepParts {
   Part part_[kMaxParts];
 };
 
+// Calls with fewer multiply-adds than this (tens of microseconds on one core) run on the
+// calling thread alone: waking or starting a second thread costs about as much.
+constexpr double kMinParallelMacs = 2e6;
+
 // The whole batch on `threads` threads; parallel(n, body) runs body(k) for k = 0 .. n - 1 in
 // parallel, each once. With at least kMinRows rows a thread, row blocks run through all steps
 // without synchronisation; with fewer (small batches, where streaming W and R from the cache
@@ -736,6 +740,8 @@ bool InferAll(const InferShape& s, const float* x, const InferWeights& w, const 
               const float* c0, float* h_seq, float* h_last, float* c_last, int64_t threads,
               Parallel parallel) {
   std::atomic<bool> failed{false};
+  const double macs = static_cast<double>(s.steps) * s.batch * (s.features + s.units) * s.width;
+  if (macs < kMinParallelMacs) threads = 1;
   const int64_t row_blocks = std::min<int64_t>(threads, s.batch / kMinRows);
   const int64_t parts = std::min<int64_t>(threads, w.columns.blocks);
   if (row_blocks >= 2 || parts < 2) {
