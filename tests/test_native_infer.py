@@ -129,6 +129,42 @@ def test_inference_starts_from_the_given_state(native, monkeypatch, kind):
     assert INFER in ops
 
 
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("batch,units", [(4, 128), (37, 80)])
+def test_long_sequences_on_several_threads_match_the_equations(native, monkeypatch, kind,
+                                                               batch, units):
+    """Enough work per call for the kernel to use a second thread (calls under 2e6
+    multiply-adds run on one): batch 4 splits each step's column blocks between the threads,
+    batch 37 runs row blocks. Over 40 steps float32 parts from the float64 equations by more
+    than 2e-5 in the CEC (its carousel adds up every step's rounding), for Keras's loop too, so
+    the tolerance is the larger of that and 4 × Keras's own distance from the equations."""
+    steps = 40
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((steps, D))
+    layer = rx.RNN(rx.CELL_KINDS[kind](units), return_sequences=True, return_state=True)
+    model = keras.Model(inputs, layer(inputs))
+    # Weights moved off their initialisation, little enough for the recurrence not to turn
+    # chaotic (where float32 and float64 part ways entirely).
+    rng = np.random.default_rng(3)
+    model.set_weights([w + (0.3 / np.sqrt(units)) * rng.normal(size=w.shape).astype("float32")
+                       for w in model.get_weights()])
+    cell = layer.cell
+    x = rng.normal(size=(batch, steps, D)).astype("float32")
+    zeros = np.zeros((batch, units))
+    expected = numpy_forward(kind, x.astype(np.float64), cell.kernel.numpy(),
+                             cell.recurrent_kernel.numpy(), cell.bias.numpy(), zeros, zeros)
+    monkeypatch.setenv("KERAS_RNNX_NATIVE", "0")
+    keras_loop = [np.asarray(v) for v in model(x, training=False)]
+    monkeypatch.setenv("KERAS_RNNX_NATIVE", "1")
+    for name, run in {"eager": lambda: model(x, training=False),
+                      "XLA": lambda: tf.function(lambda v: model(v, training=False),
+                                                 jit_compile=True)(x)}.items():
+        got = [np.asarray(v) for v in run()]
+        for g, k, e in zip(got, keras_loop, expected):
+            atol = max(2e-5 * (1 + np.abs(e).max()), 4 * np.abs(k - e).max())
+            np.testing.assert_allclose(g, e, atol=atol, rtol=0, err_msg=name)
+
+
 def test_xla_inference_from_several_threads_at_once(native, monkeypatch):
     """The custom call's helper threads take one call at a time; calls that find them busy run
     on their own thread, with the same results."""
