@@ -380,14 +380,14 @@ class CellBackward : public CellKernel {
 // The forward loop without the block activations that training keeps for its backward pass,
 // fused per step into one pass over the units: for a tile of rows and a column block of the
 // units (for the gated cells 16 units with all their gates, for cec and vanilla up to 64
-// units), a_t = b + x_t W + h_{t-1} R accumulates in registers over W and R packed once per
-// call ([block][feature or unit][vector][16]), and the cell's update of c and h follows on the
-// same registers: no (rows, width) array of gates is written and read back between the product
-// and the update (Eigen's product packs its right operand again at every step; a projection of
-// all steps before the loop writes and reads back a (T, B, width) intermediate; both measured
-// slower than PyTorch's loop). tanh is Eigen's (the same rational approximation as
-// TensorFlow's Tanh), σ(x) = 0.5 tanh(x/2) + 0.5. Used by the RnnxCellInfer op and, under
-// XLA, by the custom call "rnnx_cell_infer".
+// units), a_t = b + x_t W + h_{t-1} R accumulates in registers, reading W and R where they are
+// (InferWeights), and the cell's update of c and h follows on the same registers: no (rows,
+// width) array of gates is written and read back between the product and the update (Eigen's
+// product packs its right operand again at every step; a projection of all steps before the
+// loop writes and reads back a (T, B, width) intermediate; both measured slower than
+// PyTorch's loop). tanh is Eigen's (the same rational approximation as TensorFlow's Tanh),
+// σ(x) = 0.5 tanh(x/2) + 0.5. Used by the RnnxCellInfer op and, under XLA, by the custom call
+// "rnnx_cell_infer".
 
 typedef float Vec16 __attribute__((vector_size(64), aligned(64)));
 typedef float Vec16u __attribute__((vector_size(64), aligned(4)));
