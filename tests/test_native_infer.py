@@ -134,8 +134,9 @@ def test_inference_starts_from_the_given_state(native, monkeypatch, kind):
 def test_long_sequences_on_several_threads_match_the_equations(native, monkeypatch, kind,
                                                                batch, units):
     """Enough work per call for the kernel to use a second thread (calls under 2e6
-    multiply-adds run on one): batch 4 splits each step's column blocks between the threads,
-    batch 37 runs row blocks. Over 40 steps float32 parts from the float64 equations by more
+    multiply-adds run on one): at batch 4 the gated cells split each step's column blocks
+    between the threads (cec and vanilla, with a quarter of the weights to read a step, stay on
+    one), batch 37 runs row blocks. Over 40 steps float32 parts from the float64 equations by more
     than 2e-5 in the CEC (its carousel adds up every step's rounding), for Keras's loop too, so
     the tolerance is the larger of that and 4 × Keras's own distance from the equations."""
     steps = 40
