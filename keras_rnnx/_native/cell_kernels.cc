@@ -751,17 +751,11 @@ bool InferAll(const InferShape& s, const float* x, const InferWeights& w, const 
       {threads, w.columns.blocks,
        std::max<int64_t>(1, static_cast<int64_t>(step_bytes / kMinPartBytes))});
   if (row_blocks >= 2 || parts < 2) {
-    // About four blocks a thread, of a multiple of 4 rows (a tile): the threads take them
-    // from a shared counter, so a thread that starts late or loses its core to another
-    // process leaves more of them to the others. Rows are independent, so smaller blocks
-    // cost nothing but their states' allocation.
-    const int64_t rows = row_blocks >= 2
-        ? 4 * std::max<int64_t>(1, (s.batch + 16 * threads - 1) / (16 * threads)) : s.batch;
-    const int64_t blocks = (s.batch + rows - 1) / rows;
+    const int64_t blocks = std::max<int64_t>(1, row_blocks);
     parallel(blocks, [&](int64_t k) {
-      const int64_t first = k * rows;
-      if (!InferRows(s, x, w, h0, c0, first, std::min(rows, s.batch - first), h_seq, h_last,
-                     c_last))
+      const int64_t first = k * s.batch / blocks;
+      if (!InferRows(s, x, w, h0, c0, first, (k + 1) * s.batch / blocks - first, h_seq,
+                     h_last, c_last))
         failed = true;
     });
     return !failed;
