@@ -51,17 +51,25 @@ def numpy_forward(kind, x, kernel, recurrent, bias, h, c, backwards=False):
     return np.stack(out, axis=1), h, c
 
 
-def model_for(kind, units, *, sequences=False, backwards=False, seed=0):
+def model_for(kind, units, *, sequences=False, backwards=False, seed=0, steps=T, move=0.3):
     keras.utils.set_random_seed(seed)
-    inputs = keras.Input((T, D))
+    inputs = keras.Input((steps, D))
     layer = rx.RNN(rx.CELL_KINDS[kind](units), return_sequences=sequences,
                    go_backwards=backwards, return_state=True)
     model = keras.Model(inputs, layer(inputs))
-    # Weights away from their initialisation, so that every gate matters.
+    # Weights moved `move` (standard deviation) off their initialisation, so that every gate
+    # matters.
     rng = np.random.default_rng(seed)
-    model.set_weights([w + 0.3 * rng.normal(size=w.shape).astype("float32")
+    model.set_weights([w + move * rng.normal(size=w.shape).astype("float32")
                        for w in model.get_weights()])
     return model, layer
+
+
+def assert_equations(got, expected, name=""):
+    """The kernel's outputs against the float64 equations, within 2e-5 of their scale."""
+    for g, e in zip(got, expected):
+        np.testing.assert_allclose(g, e, atol=2e-5 * (1 + np.abs(e).max()), rtol=0,
+                                   err_msg=name)
 
 
 def graph_ops(fn, spec, jit=False):
@@ -97,9 +105,7 @@ def test_inference_matches_the_equations_on_every_path(native, monkeypatch, kind
     for name, run in paths.items():
         got = [np.asarray(v) for v in run()]
         assert len(got) == len(expected), name
-        for g, e in zip(got, expected):
-            scale = 1.0 + np.abs(e).max()
-            np.testing.assert_allclose(g, e, atol=2e-5 * scale, rtol=0, err_msg=name)
+        assert_equations(got, expected, name)
 
 
 @pytest.mark.parametrize("kind", ["vanilla", "forget"])
@@ -120,10 +126,7 @@ def test_inference_starts_from_the_given_state(native, monkeypatch, kind):
                       "tf.function": lambda: tf.function(
                           lambda v, s: layer(v, initial_state=s, training=False))(x, state)
                       }.items():
-        got = [np.asarray(v) for v in run()]
-        for g, e in zip(got, [h_seq, h_last, c_last]):
-            np.testing.assert_allclose(g, e, atol=2e-5 * (1 + np.abs(e).max()), rtol=0,
-                                       err_msg=name)
+        assert_equations([np.asarray(v) for v in run()], [h_seq, h_last, c_last], name)
     graph = tf.function(lambda v, s: layer(v, initial_state=s, training=False))
     ops = {op.type for op in graph.get_concrete_function(x, state).graph.get_operations()}
     assert INFER in ops
@@ -140,17 +143,12 @@ def test_long_sequences_on_several_threads_match_the_equations(native, monkeypat
     than 2e-5 in the CEC (its carousel adds up every step's rounding), for Keras's loop too, so
     the tolerance is the larger of that and 4 × Keras's own distance from the equations."""
     steps = 40
-    keras.utils.set_random_seed(3)
-    inputs = keras.Input((steps, D))
-    layer = rx.RNN(rx.CELL_KINDS[kind](units), return_sequences=True, return_state=True)
-    model = keras.Model(inputs, layer(inputs))
-    # Weights moved off their initialisation, little enough for the recurrence not to turn
-    # chaotic (where float32 and float64 part ways entirely).
-    rng = np.random.default_rng(3)
-    model.set_weights([w + (0.3 / np.sqrt(units)) * rng.normal(size=w.shape).astype("float32")
-                       for w in model.get_weights()])
+    # Weights moved little enough for the recurrence not to turn chaotic (where float32 and
+    # float64 part ways entirely).
+    model, layer = model_for(kind, units, sequences=True, seed=3, steps=steps,
+                             move=0.3 / np.sqrt(units))
     cell = layer.cell
-    x = rng.normal(size=(batch, steps, D)).astype("float32")
+    x = np.random.default_rng(4).normal(size=(batch, steps, D)).astype("float32")
     zeros = np.zeros((batch, units))
     expected = numpy_forward(kind, x.astype(np.float64), cell.kernel.numpy(),
                              cell.recurrent_kernel.numpy(), cell.bias.numpy(), zeros, zeros)
@@ -200,8 +198,7 @@ def test_xla_inference_from_several_threads_at_once(native, monkeypatch):
                                               cell.kernel.numpy(),
                                               cell.recurrent_kernel.numpy(),
                                               cell.bias.numpy(), zeros, zeros)
-        for g, e in zip(results[k], [h_seq, h_last, c_last]):
-            np.testing.assert_allclose(g, e, atol=2e-5 * (1 + np.abs(e).max()), rtol=0)
+        assert_equations(results[k], [h_seq, h_last, c_last])
 
 
 @pytest.mark.parametrize("kind", KINDS)

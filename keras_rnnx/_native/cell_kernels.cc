@@ -859,6 +859,9 @@ class Helpers {
     return std::max(1u, std::thread::hardware_concurrency());
   }
 
+  // The helper threads (the calling thread makes one more).
+  int64_t threads() const { return threads_; }
+
   // body(k) for k = 0 .. n - 1 (n < 2^16), each once, on the calling thread and the helpers
   // that are awake to take a block before the calling thread has taken them all (like
   // ForBlocks: a helper that wakes late finds nothing left and does not hold the call up).
@@ -975,7 +978,7 @@ extern "C" void RnnxCellInferXla(void* out, const void** in, const char* opaque,
   if (!weights.ok()) return fail();
   Helpers& helpers = Helpers::Get();
   if (!InferAll(s, static_cast<const float*>(in[0]), weights, h0, c0, h_seq, h_last, c_last,
-                Helpers::Cpus(), [&](int64_t n, const auto& body) { helpers.Run(n, body); }))
+                helpers.threads() + 1, [&](int64_t n, const auto& body) { helpers.Run(n, body); }))
     fail();
 }
 
