@@ -164,19 +164,28 @@ def test_long_sequences_on_several_threads_match_the_equations(native, monkeypat
             np.testing.assert_allclose(g, e, atol=atol, rtol=0, err_msg=name)
 
 
-def test_xla_inference_from_several_threads_at_once(native, monkeypatch):
-    """The custom call's helper threads take one call at a time; calls that find them busy run
-    on their own thread, with the same results."""
+@pytest.mark.parametrize("jit", [False, True])
+def test_inference_from_several_threads_at_once(native, monkeypatch, jit):
+    """Calls from six Python threads at once, in a `tf.function` (the op, whose threads come
+    from TensorFlow's intra-op pool, then busy with the other calls) and under XLA (the custom
+    call's own helper threads, which take one call at a time; calls that find them busy run on
+    their own thread). Batch 1 and 2 split each step's columns between threads (a part whose
+    thread is late or never comes is run by the thread waiting on it), batch 20 runs row
+    blocks. The results are the equations' all the same."""
     import threading
 
     monkeypatch.setenv("KERAS_RNNX_NATIVE", "1")
-    model, layer = model_for("forget", 48, sequences=True)
-    fn = tf.function(lambda v: model(v, training=False), jit_compile=True)
+    steps, units = 40, 128
+    model, layer = model_for("forget", units, sequences=True, steps=steps,
+                             move=0.3 / np.sqrt(units))
+    fn = tf.function(lambda v: model(v, training=False), jit_compile=jit)
     cell = layer.cell
-    inputs = [np.random.default_rng(seed).normal(size=(batch, T, D)).astype("float32")
+    inputs = [np.random.default_rng(seed).normal(size=(batch, steps, D)).astype("float32")
               for seed, batch in enumerate([1, 2, 20, 2, 1, 20])]
     for x in inputs[:3]:  # one trace per shape before the threads start
         fn(x)
+    assert (CUSTOM_CALL if jit else INFER) in graph_ops(
+        lambda v: model(v, training=False), tf.TensorSpec((2, steps, D)), jit)
     results, errors = {}, []
 
     def run(k):
@@ -193,12 +202,12 @@ def test_xla_inference_from_several_threads_at_once(native, monkeypatch):
         thread.join()
     assert not errors
     for k, x in enumerate(inputs):
-        zeros = np.zeros((x.shape[0], 48))
+        zeros = np.zeros((x.shape[0], units))
         h_seq, h_last, c_last = numpy_forward("forget", x.astype(np.float64),
                                               cell.kernel.numpy(),
                                               cell.recurrent_kernel.numpy(),
                                               cell.bias.numpy(), zeros, zeros)
-        assert_equations(results[k], [h_seq, h_last, c_last])
+        assert_equations(results[k], [h_seq, h_last, c_last], f"batch {x.shape[0]}")
 
 
 @pytest.mark.parametrize("kind", KINDS)

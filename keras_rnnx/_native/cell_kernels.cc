@@ -668,12 +668,14 @@ inline void Pause() {
 #endif
 }
 
-// The steps of one row block shared between threads, each thread owning parts (contiguous
-// ranges of column blocks) for all steps, so that a part's weights stay in its core's cache: a
-// thread starts step t when every other part has finished step t - 1. A thread claims a part
-// when it starts; a part that no thread has claimed within kPatience of being waited for (its
-// pool thread has not started: the pool is busy) is claimed by the waiting thread, so the
-// steps never wait on a thread that does not come.
+// The steps of one row block shared between threads. Each thread owns one part (a contiguous
+// range of column blocks) for all steps, so that the part's weights stay in its core's cache,
+// and starts step t of it when every part has finished step t - 1. A part that no thread owns
+// yet (its pool thread has not woken up, or the pool is busy) is run, step by step, by the
+// threads waiting on it; a thread that arrives later takes it over from the next step on. So
+// the steps never wait on a thread that is late, and a late thread still takes its share of
+// the rest. Work is called once per part (the parallel runner runs every block once, on
+// whichever thread is free): each call owns a different part and returns when it is done.
 class StepParts {
  public:
   static constexpr int64_t kMaxParts = 16;
@@ -682,45 +684,53 @@ class StepParts {
 
   template <typename Body>  // body(step, part)
   void Work(Body body) {
-    bool mine[kMaxParts] = {};
-    int64_t owned = 0;
-    for (int64_t q = 0; q < parts_ && owned == 0; ++q)
-      if (Claim(q)) mine[q] = true, owned = 1;
-    if (owned == 0) return;
-    for (int64_t t = 0; t < steps_; ++t) {
-      for (int64_t q = 0; q < parts_; ++q) {
-        if (mine[q]) continue;
-        const auto since = std::chrono::steady_clock::now();
-        for (int64_t spins = 0; part_[q].progress.load(std::memory_order_acquire) < t; ++spins) {
-          if (spins % 1024 == 1023 && !part_[q].claimed.load(std::memory_order_relaxed) &&
-              std::chrono::steady_clock::now() - since > kPatience && Claim(q)) {
-            mine[q] = true;  // nobody ran it: its progress is 0 and t is 1
-            for (int64_t u = part_[q].progress.load(); u < t; ++u) Run(body, u, q);
-            break;
-          }
-          if (spins < 20000) Pause();
-          else std::this_thread::yield();
-        }
-      }
-      for (int64_t q = 0; q < parts_; ++q)
-        if (mine[q]) Run(body, t, q);
+    int64_t own = -1;
+    for (int64_t q = 0; q < parts_ && own < 0; ++q) {
+      bool expected = false;
+      if (part_[q].owned.compare_exchange_strong(expected, true)) own = q;
+    }
+    if (own < 0) return;
+    for (int64_t t = part_[own].next.load(); t < steps_; t = part_[own].next.load()) {
+      for (int64_t q = 0; q < parts_; ++q) WaitFor(body, q, t);
+      // Fails only where another thread started step t of this part before it was owned.
+      TryRun(body, own, t);
     }
   }
 
  private:
-  static constexpr std::chrono::microseconds kPatience{50};
   struct alignas(64) Part {
-    std::atomic<bool> claimed{false};
-    std::atomic<int64_t> progress{0};  // steps done
+    std::atomic<bool> owned{false};
+    std::atomic<int64_t> next{0};  // steps started
+    std::atomic<int64_t> done{0};  // steps finished
   };
-  bool Claim(int64_t q) {
-    bool expected = false;
-    return part_[q].claimed.compare_exchange_strong(expected, true);
-  }
+
+  // Until part q has finished `steps` steps; while no thread owns it, runs its next step here
+  // whenever every part has finished the step before.
   template <typename Body>
-  void Run(Body& body, int64_t t, int64_t q) {
+  void WaitFor(Body& body, int64_t q, int64_t steps) {
+    for (int64_t spins = 0; part_[q].done.load(std::memory_order_acquire) < steps; ++spins) {
+      if (!part_[q].owned.load(std::memory_order_acquire)) {
+        const int64_t u = part_[q].done.load(std::memory_order_acquire);
+        if (u < steps && Finished(u) && TryRun(body, q, u)) continue;
+      }
+      if (spins < 20000) Pause();
+      else std::this_thread::yield();
+    }
+  }
+  bool Finished(int64_t steps) const {
+    for (int64_t q = 0; q < parts_; ++q)
+      if (part_[q].done.load(std::memory_order_acquire) < steps) return false;
+    return true;
+  }
+  // Runs step t of part q unless another thread has started it.
+  template <typename Body>
+  bool TryRun(Body& body, int64_t q, int64_t t) {
+    int64_t expected = t;
+    if (!part_[q].next.compare_exchange_strong(expected, t + 1, std::memory_order_acq_rel))
+      return false;
     body(t, q);
-    part_[q].progress.store(t + 1, std::memory_order_release);
+    part_[q].done.store(t + 1, std::memory_order_release);
+    return true;
   }
   const int64_t steps_, parts_;
   Part part_[kMaxParts];
