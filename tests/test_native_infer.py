@@ -51,6 +51,16 @@ def numpy_forward(kind, x, kernel, recurrent, bias, h, c, backwards=False):
     return np.stack(out, axis=1), h, c
 
 
+def cell_forward(kind, cell, x, h0=None, c0=None, backwards=False):
+    """`numpy_forward` with a Keras cell's weights, in float64, from zero states by default."""
+    zeros = np.zeros((x.shape[0], cell.units))
+    bias = cell.bias.numpy() if cell.use_bias else 0.0
+    return numpy_forward(kind, x.astype(np.float64), cell.kernel.numpy(),
+                         cell.recurrent_kernel.numpy(), bias,
+                         zeros if h0 is None else h0.astype(np.float64),
+                         zeros if c0 is None else c0.astype(np.float64), backwards)
+
+
 def model_for(kind, units, *, sequences=False, backwards=False, seed=0, steps=T, move=0.3):
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((steps, D))
@@ -90,11 +100,7 @@ def test_inference_matches_the_equations_on_every_path(native, monkeypatch, kind
     model, layer = model_for(kind, units, sequences=sequences, backwards=backwards)
     cell = layer.cell
     x = np.random.default_rng(1).normal(size=(batch, T, D)).astype("float32")
-    h0 = np.zeros((batch, units))
-    bias = cell.bias.numpy() if cell.use_bias else 0.0
-    h_seq, h_last, c_last = numpy_forward(kind, x.astype(np.float64), cell.kernel.numpy(),
-                                          cell.recurrent_kernel.numpy(), bias, h0, h0,
-                                          backwards)
+    h_seq, h_last, c_last = cell_forward(kind, cell, x, backwards=backwards)
     expected = [h_seq if sequences else h_last, h_last] + ([c_last] if kind != "vanilla" else [])
     paths = {
         "eager": lambda: model(x, training=False),
@@ -119,9 +125,7 @@ def test_inference_starts_from_the_given_state(native, monkeypatch, kind):
     h0 = rng.normal(size=(batch, units)).astype("float32")
     c0 = rng.normal(size=(batch, units)).astype("float32") if kind != "vanilla" else h0
     state = [h0, c0] if kind != "vanilla" else [h0]
-    h_seq, h_last, c_last = numpy_forward(kind, x.astype(np.float64), cell.kernel.numpy(),
-                                          cell.recurrent_kernel.numpy(), cell.bias.numpy(),
-                                          h0.astype(np.float64), c0.astype(np.float64))
+    h_seq, h_last, c_last = cell_forward(kind, cell, x, h0, c0)
     for name, run in {"eager": lambda: layer(x, initial_state=state, training=False),
                       "tf.function": lambda: tf.function(
                           lambda v, s: layer(v, initial_state=s, training=False))(x, state)
@@ -149,9 +153,7 @@ def test_long_sequences_on_several_threads_match_the_equations(native, monkeypat
                              move=0.3 / np.sqrt(units))
     cell = layer.cell
     x = np.random.default_rng(4).normal(size=(batch, steps, D)).astype("float32")
-    zeros = np.zeros((batch, units))
-    expected = numpy_forward(kind, x.astype(np.float64), cell.kernel.numpy(),
-                             cell.recurrent_kernel.numpy(), cell.bias.numpy(), zeros, zeros)
+    expected = cell_forward(kind, cell, x)
     monkeypatch.setenv("KERAS_RNNX_NATIVE", "0")
     keras_loop = [np.asarray(v) for v in model(x, training=False)]
     monkeypatch.setenv("KERAS_RNNX_NATIVE", "1")
@@ -202,12 +204,7 @@ def test_inference_from_several_threads_at_once(native, monkeypatch, jit):
         thread.join()
     assert not errors
     for k, x in enumerate(inputs):
-        zeros = np.zeros((x.shape[0], units))
-        h_seq, h_last, c_last = numpy_forward("forget", x.astype(np.float64),
-                                              cell.kernel.numpy(),
-                                              cell.recurrent_kernel.numpy(),
-                                              cell.bias.numpy(), zeros, zeros)
-        assert_equations(results[k], [h_seq, h_last, c_last], f"batch {x.shape[0]}")
+        assert_equations(results[k], cell_forward("forget", cell, x), f"batch {x.shape[0]}")
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -708,11 +708,11 @@ class StepParts {
   // whenever every part has finished the step before.
   template <typename Body>
   void WaitFor(Body& body, int64_t q, int64_t steps) {
-    for (int64_t spins = 0; part_[q].done.load(std::memory_order_acquire) < steps; ++spins) {
-      if (!part_[q].owned.load(std::memory_order_acquire)) {
-        const int64_t u = part_[q].done.load(std::memory_order_acquire);
-        if (u < steps && Finished(u) && TryRun(body, q, u)) continue;
-      }
+    for (int64_t spins = 0;; ++spins) {
+      const int64_t u = part_[q].done.load(std::memory_order_acquire);
+      if (u >= steps) return;
+      if (!part_[q].owned.load(std::memory_order_acquire) && Finished(u) && TryRun(body, q, u))
+        continue;
       if (spins < 20000) Pause();
       else std::this_thread::yield();
     }
@@ -827,7 +827,7 @@ class CellInfer : public CellKernel {
     const InferWeights weights(s, kernel.flat<float>().data(), bias.flat<float>().data(),
                                r.flat<float>().data());
     OP_REQUIRES(context, weights.ok(),
-                tensorflow::errors::ResourceExhausted("out of memory packing the kernels"));
+                tensorflow::errors::ResourceExhausted("out of memory copying the weights"));
     const bool done = InferAll(
         s, x.flat<float>().data(), weights, h0.flat<float>().data(), c0.flat<float>().data(),
         sequences_ ? h->flat<float>().data() : nullptr, h_last->flat<float>().data(),
