@@ -168,12 +168,11 @@ def test_long_sequences_on_several_threads_match_the_equations(native, monkeypat
 
 @pytest.mark.parametrize("jit", [False, True])
 def test_inference_from_several_threads_at_once(native, monkeypatch, jit):
-    """Calls from six Python threads at once, in a `tf.function` (the op, whose threads come
-    from TensorFlow's intra-op pool, then busy with the other calls) and under XLA (the custom
-    call's own helper threads, which take one call at a time; calls that find them busy run on
-    their own thread). Batch 1 and 2 split each step's columns between threads (a part whose
-    thread is late or never comes is run by the thread waiting on it), batch 20 runs row
-    blocks. The results are the equations' all the same."""
+    """Calls from six Python threads at once, in a `tf.function` (the op) and under XLA (the
+    custom call), both on the kernel's own helper threads, which take one call at a time:
+    calls that find them busy run on their own thread. Batch 1 and 2 split each step's columns
+    between threads (a part whose thread is late or never comes is run by the thread waiting
+    on it), batch 20 runs row blocks. The results are the equations' all the same."""
     import threading
 
     monkeypatch.setenv("KERAS_RNNX_NATIVE", "1")

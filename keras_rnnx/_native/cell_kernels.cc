@@ -1,5 +1,6 @@
 // The lecture cells' recurrence as two TensorFlow CPU kernels, used by `keras_rnnx.RNN` in
-// training (see keras_rnnx/_native/__init__.py, which compiles this file on first use).
+// training (see keras_rnnx/_native/__init__.py, which compiles this file on first use), and a
+// forward-only kernel for inference (RnnxCellInfer and the XLA custom call, further down).
 //
 // With a_t = p_t + h_{t-1} R, where p_t = x_t W + b is computed for all t by TensorFlow before
 // the loop, and the blocks of a_t in the cells' column order (attribute `cell`):
@@ -784,71 +785,16 @@ bool InferAll(const InferShape& s, const float* x, const InferWeights& w, const 
   return true;
 }
 
-class CellInfer : public CellKernel {
- public:
-  explicit CellInfer(OpKernelConstruction* context) : CellKernel(context) {
-    OP_REQUIRES_OK(context, context->GetAttr("sequences", &sequences_));
-    OP_REQUIRES_OK(context, context->GetAttr("backwards", &backwards_));
-  }
-
-  void Compute(OpKernelContext* context) override {
-    const Tensor& x = context->input(0);
-    const Tensor& kernel = context->input(1);
-    const Tensor& bias = context->input(2);
-    const Tensor& r = context->input(3);
-    const Tensor& h0 = context->input(4);
-    const Tensor& c0 = context->input(5);
-    OP_REQUIRES(context, x.dims() == 3,
-                InvalidArgument("x must have shape [batch, time, features], got ",
-                                x.shape().DebugString()));
-    const int64_t width = r.dims() == 2 ? r.dim_size(1) : 0;
-    const InferShape s{cell_, x.dim_size(1), x.dim_size(0), x.dim_size(2),
-                       width / Blocks(cell_), width, backwards_};
-    OP_REQUIRES(context, r.dims() == 2 && width % Blocks(cell_) == 0 && s.units == r.dim_size(0),
-                InvalidArgument("recurrent_kernel must have shape [units, ", Blocks(cell_),
-                                " * units], got ", r.shape().DebugString()));
-    OP_REQUIRES_OK(context, CheckMatrix(kernel, "kernel", s.features, width));
-    OP_REQUIRES(context, bias.dims() == 1 && bias.dim_size(0) == width,
-                InvalidArgument("bias must have shape [", width, "], got ",
-                                bias.shape().DebugString()));
-    OP_REQUIRES_OK(context, CheckMatrix(h0, "h0", s.batch, s.units));
-    OP_REQUIRES_OK(context, CheckMatrix(c0, "c0", s.batch, s.units));
-    Tensor *h = nullptr, *h_last = nullptr, *c_last = nullptr;
-    OP_REQUIRES_OK(context, context->allocate_output(
-        0, TensorShape({s.batch, sequences_ ? s.steps : 0, s.units}), &h));
-    OP_REQUIRES_OK(context, context->allocate_output(1, h0.shape(), &h_last));
-    OP_REQUIRES_OK(context, context->allocate_output(2, c0.shape(), &c_last));
-    if (s.batch == 0 || s.units == 0) return;
-    if (s.steps == 0) {
-      h_last->flat<float>() = h0.flat<float>();
-      c_last->flat<float>() = c0.flat<float>();
-      return;
-    }
-    const InferWeights weights(s, kernel.flat<float>().data(), bias.flat<float>().data(),
-                               r.flat<float>().data());
-    OP_REQUIRES(context, weights.ok(),
-                tensorflow::errors::ResourceExhausted("out of memory copying the weights"));
-    const bool done = InferAll(
-        s, x.flat<float>().data(), weights, h0.flat<float>().data(), c0.flat<float>().data(),
-        sequences_ ? h->flat<float>().data() : nullptr, h_last->flat<float>().data(),
-        c_last->flat<float>().data(), PoolThreads(context),
-        [&](int64_t n, const auto& body) { ForBlocks(context, n, body); });
-    OP_REQUIRES(context, done,
-                tensorflow::errors::ResourceExhausted("out of memory for the cell states"));
-  }
-
- private:
-  bool sequences_ = false;
-  bool backwards_ = false;
-};
-
-#ifdef RNNX_XLA_CUSTOM_CALL
-// Threads for the custom call, which gets none from XLA: one fewer than the CPUs this process
-// may run on, started on first use and kept (a thread started per call costs about 55 us on a
-// 2-core AMD EPYC, a fifth of a batch-1 forward pass). After a job they spin for kSpin before
-// they sleep, so that calls in quick succession do not wait for a wake-up each. One job at a
-// time: a call that finds them busy (another custom call at the same moment) runs its blocks
-// on its own thread. A forked child starts threads of its own.
+// The inference kernel's threads, for the op and for the custom call (which gets none from
+// XLA): one fewer than the CPUs this process may run on, started on first use and kept (a
+// thread started per call costs about 55 us on a 2-core AMD EPYC, a fifth of a batch-1 forward
+// pass). After a job they spin for kSpin, yielding the CPU to any other thread that wants it,
+// before they sleep: calls in quick succession (a batch-1 call from Python returns and comes
+// back within 0.3-0.5 ms) then find them awake instead of waiting for a wake-up, which on a
+// virtual machine takes up to 0.2 ms. TensorFlow's intra-op threads sleep sooner: with them the
+// second thread of a batch-1 call arrived 10-60 steps late. One job at a time: a call that finds
+// them busy (another inference call at the same moment) runs its blocks on its own thread. A
+// forked child starts threads of its own.
 class Helpers {
  public:
   static Helpers& Get() {
@@ -901,7 +847,7 @@ class Helpers {
   }
 
  private:
-  static constexpr std::chrono::microseconds kSpin{200};
+  static constexpr std::chrono::microseconds kSpin{1500};
   explicit Helpers(int64_t threads) : threads_(std::max<int64_t>(0, threads)) {
     for (int64_t i = 0; i < threads_; ++i) std::thread([this]() { Loop(); }).detach();
   }
@@ -922,6 +868,7 @@ class Helpers {
       const auto since = std::chrono::steady_clock::now();
       for (int64_t spins = 0; generation_.load(std::memory_order_acquire) == seen; ++spins) {
         Pause();
+        if (spins % 64 == 63) std::this_thread::yield();  // about 1 us apart
         if (spins % 256 == 255 && std::chrono::steady_clock::now() - since > kSpin) {
           std::unique_lock<std::mutex> lock(mu_);
           wake_.wait(lock, [&]() { return generation_.load() != seen; });
@@ -947,6 +894,74 @@ class Helpers {
   std::atomic<int64_t> done_{0};
 };
 
+class CellInfer : public CellKernel {
+ public:
+  explicit CellInfer(OpKernelConstruction* context) : CellKernel(context) {
+    OP_REQUIRES_OK(context, context->GetAttr("sequences", &sequences_));
+    OP_REQUIRES_OK(context, context->GetAttr("backwards", &backwards_));
+  }
+
+  void Compute(OpKernelContext* context) override {
+    const Tensor& x = context->input(0);
+    const Tensor& kernel = context->input(1);
+    const Tensor& bias = context->input(2);
+    const Tensor& r = context->input(3);
+    const Tensor& h0 = context->input(4);
+    const Tensor& c0 = context->input(5);
+    OP_REQUIRES(context, x.dims() == 3,
+                InvalidArgument("x must have shape [batch, time, features], got ",
+                                x.shape().DebugString()));
+    const int64_t width = r.dims() == 2 ? r.dim_size(1) : 0;
+    const InferShape s{cell_, x.dim_size(1), x.dim_size(0), x.dim_size(2),
+                       width / Blocks(cell_), width, backwards_};
+    OP_REQUIRES(context, r.dims() == 2 && width % Blocks(cell_) == 0 && s.units == r.dim_size(0),
+                InvalidArgument("recurrent_kernel must have shape [units, ", Blocks(cell_),
+                                " * units], got ", r.shape().DebugString()));
+    OP_REQUIRES_OK(context, CheckMatrix(kernel, "kernel", s.features, width));
+    OP_REQUIRES(context, bias.dims() == 1 && bias.dim_size(0) == width,
+                InvalidArgument("bias must have shape [", width, "], got ",
+                                bias.shape().DebugString()));
+    OP_REQUIRES_OK(context, CheckMatrix(h0, "h0", s.batch, s.units));
+    OP_REQUIRES_OK(context, CheckMatrix(c0, "c0", s.batch, s.units));
+    Tensor *h = nullptr, *h_last = nullptr, *c_last = nullptr;
+    OP_REQUIRES_OK(context, context->allocate_output(
+        0, TensorShape({s.batch, sequences_ ? s.steps : 0, s.units}), &h));
+    OP_REQUIRES_OK(context, context->allocate_output(1, h0.shape(), &h_last));
+    OP_REQUIRES_OK(context, context->allocate_output(2, c0.shape(), &c_last));
+    if (s.batch == 0 || s.units == 0) return;
+    if (s.steps == 0) {
+      h_last->flat<float>() = h0.flat<float>();
+      c_last->flat<float>() = c0.flat<float>();
+      return;
+    }
+    const InferWeights weights(s, kernel.flat<float>().data(), bias.flat<float>().data(),
+                               r.flat<float>().data());
+    OP_REQUIRES(context, weights.ok(),
+                tensorflow::errors::ResourceExhausted("out of memory copying the weights"));
+    // On the kernel's own threads, not TensorFlow's intra-op pool (see Helpers), and no more
+    // than the pool has (intra_op_parallelism_threads).
+    const int64_t pool = PoolThreads(context);
+    const bool done = InferAll(
+        s, x.flat<float>().data(), weights, h0.flat<float>().data(), c0.flat<float>().data(),
+        sequences_ ? h->flat<float>().data() : nullptr, h_last->flat<float>().data(),
+        c_last->flat<float>().data(), pool > 1 ? std::min(pool, Helpers::Get().threads() + 1) : 1,
+        [&](int64_t n, const auto& body) {
+          if (n < 2) {
+            if (n == 1) body(0);
+            return;
+          }
+          Helpers::Get().Run(n, body);
+        });
+    OP_REQUIRES(context, done,
+                tensorflow::errors::ResourceExhausted("out of memory for the cell states"));
+  }
+
+ private:
+  bool sequences_ = false;
+  bool backwards_ = false;
+};
+
+#ifdef RNNX_XLA_CUSTOM_CALL
 // The same loop as an XLA custom call (API_VERSION_STATUS_RETURNING_UNIFIED), for graphs that
 // XLA compiles (where a TensorFlow op without an XLA kernel cannot run). backend_config:
 // "<cell> <steps> <batch> <features> <units> <sequences 0/1> <backwards 0/1>"; operands x,
