@@ -838,7 +838,9 @@ class Helpers {
       next_.store(generation << 32 | static_cast<uint64_t>(n) << 16);
       generation_.store(generation, std::memory_order_release);
     }
-    wake_.notify_all();
+    // Helpers still spinning from an earlier job see the new generation; of those asleep,
+    // no more are woken than the job has blocks to spare (they spin after it, see kSpin).
+    for (int64_t i = 0; i < std::min<int64_t>(n - 1, threads_); ++i) wake_.notify_one();
     for (int64_t k = Take(generation); k >= 0; k = Take(generation)) {
       body(k);
       done_.fetch_add(1, std::memory_order_acq_rel);
