@@ -19,7 +19,9 @@ Workloads (all on the CPU, float32; `Input((T, input)) → RNN(units) → Dense(
   exported with `model.export` and served by `tf.saved_model.load(...).serve` (it runs
   without keras-rnnx); `torch.nn.LSTM` under `torch.no_grad()` (on all cores and on one);
   and, as the floor of what any Keras model costs per call here, a model of one Dense layer
-  on the same input (`Flatten → Dense(1)`) in the same `tf.function`s.
+  on the same input (`Flatten → Dense(1)`) in the same `tf.function`s. Then 8 calls of the
+  `tf.function` in TensorFlow's profiler (which slows them a little): how much of a call is
+  tf.function's Python dispatch before TensorFlow executes it, and how much the inference op.
 - Roofline: the machine's large-matmul rate (2048² float32 in TensorFlow, GFLOP/s), against
   which the training steps' rate is reported (FLOPs of the matrix products only: forward
   x·W and h·U, backward twice that; W1 ≈ 3.15 GFLOP a step for the LSTMs).
@@ -37,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import glob
 import os
 import statistics
 import tempfile
@@ -261,6 +264,51 @@ def run_training(label, batch, steps, features, units, kinds, rounds, calls, bat
               if decision.get("kernels") else f"  selection {key}: {decision}")
 
 
+def trace_call(fn, calls=8):
+    """Medians over `calls` calls of fn in TensorFlow's profiler, ms: the whole call, the time
+    from its start to TensorFlow executing the function (tf.function's Python dispatch), and
+    the inference op's own time; None where no trace can be read."""
+    try:
+        from tensorflow.tsl.profiler.protobuf import xplane_pb2
+    except ImportError:
+        return None
+    fn()
+    with tempfile.TemporaryDirectory() as logdir:
+        tf.profiler.experimental.start(logdir)
+        try:
+            for k in range(calls + 2):  # the first two warm the profiler up
+                with tf.profiler.experimental.Trace("benchmark call" if k >= 2 else "warm-up"):
+                    fn()
+        finally:
+            tf.profiler.experimental.stop()
+        paths = glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True)
+        if not paths:
+            return None
+        space = xplane_pb2.XSpace()
+        with open(paths[0], "rb") as file:
+            space.ParseFromString(file.read())
+    events = []  # (start, duration, name), µs
+    for plane in space.planes:
+        names = {key: value.name for key, value in plane.event_metadata.items()}
+        for line in plane.lines:
+            for event in line.events:
+                events.append(((line.timestamp_ns * 1000 + event.offset_ps) / 1e6,
+                               event.duration_ps / 1e6, names.get(event.metadata_id, "")))
+    events.sort()
+    parts = []
+    for start, duration, name in events:
+        if name != "benchmark call":
+            continue
+        inside = [e for e in events if start <= e[0] <= start + duration]
+        execute = [e[0] for e in inside if e[2] == "TFE_Py_ExecuteCancelable"]
+        op = [e[1] for e in inside if "RnnxCellInfer" in e[2]]
+        if execute and op:
+            parts.append((duration, execute[0] - start, op[0]))
+    if not parts:
+        return None
+    return tuple(statistics.median(p[k] for p in parts) / 1e3 for k in range(3))
+
+
 def run_inference(batch_sizes, steps, features, units, rounds, calls, with_torch):
     keras.utils.set_random_seed(0)
     models = {"rx.RNN(forget)": keras_model(rx.RNN(rx.ForgetGateLSTMCell(units)), steps,
@@ -302,6 +350,15 @@ def run_inference(batch_sizes, steps, features, units, rounds, calls, with_torch
         print_table(f"Inference (forward only), batch {batch}, T = {steps}, input {features}, "
                     f"units {units}; median of {rounds} interleaved rounds × {n} calls",
                     medians, ("keras.layers.LSTM tf.function", TORCH_BEST))
+        traced = trace_call(fns["rx.RNN(forget) tf.function"])
+        if traced is None:
+            print("  rx.RNN(forget) tf.function in TensorFlow's profiler: no trace (or the "
+                  "inference kernel not in use)")
+        else:
+            call, dispatch, op = traced
+            print(f"  rx.RNN(forget) tf.function in TensorFlow's profiler (8 calls, medians): "
+                  f"call {call:.2f} ms = tf.function's Python dispatch {dispatch:.2f} + "
+                  f"inference op {op:.2f} + the rest {call - dispatch - op:.2f}")
 
 
 def main(argv=None):
