@@ -6,6 +6,11 @@ fast anything runs."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
+
 import keras
 import numpy as np
 import pytest
@@ -204,6 +209,54 @@ def test_inference_from_several_threads_at_once(native, monkeypatch, jit):
     assert not errors
     for k, x in enumerate(inputs):
         assert_equations(results[k], cell_forward("forget", cell, x), f"batch {x.shape[0]}")
+
+
+INTRA_OP = """
+    import os, sys, numpy as np, tensorflow as tf
+    if sys.argv[1] != "default":
+        tf.config.threading.set_intra_op_parallelism_threads(int(sys.argv[1]))
+    import keras, keras_rnnx as rx
+    os.environ["KERAS_RNNX_NATIVE"] = "1"
+    keras.utils.set_random_seed(0)
+    layer = rx.RNN(rx.ForgetGateLSTMCell(128))
+    model = keras.Sequential([keras.Input((40, 5)), layer])
+    x = np.random.default_rng(0).normal(size=(1, 40, 5)).astype("float32")
+    fn = tf.function(lambda v: model(v, training=False))
+    graph = fn.get_concrete_function(tf.TensorSpec(x.shape)).graph
+    assert "RnnxCellInfer" in {op.type for op in graph.get_operations()}
+    before = len(os.listdir("/proc/self/task"))
+    h = fn(x).numpy()
+    print(len(os.listdir("/proc/self/task")) - before)
+    cell = layer.cell
+    np.savez(sys.argv[2], x=x, h=h, kernel=cell.kernel.numpy(), bias=cell.bias.numpy(),
+             recurrent=cell.recurrent_kernel.numpy())
+"""
+
+
+def test_inference_takes_no_more_threads_than_the_intra_op_pool(native, tmp_path):
+    """A batch-1 call whose steps are split between threads (T = 40, units 128) starts the
+    kernel's helper threads (one fewer than the CPUs), but none where TensorFlow's intra-op
+    pool has one thread; the outputs are the equations' either way, and the same bits (each
+    unit's sums run in the same order on any thread)."""
+    if not os.path.isdir("/proc/self/task"):
+        pytest.skip("counts threads in /proc/self/task")
+    runs = {}
+    for threads in ("1", "default"):
+        path = tmp_path / f"{threads}.npz"
+        done = subprocess.run([sys.executable, "-c", textwrap.dedent(INTRA_OP), threads,
+                               str(path)], env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+                              capture_output=True, text=True, timeout=240)
+        assert done.returncode == 0, done.stderr[-3000:]
+        runs[threads] = int(done.stdout.split()[-1]), dict(np.load(path))
+    cpus = len(os.sched_getaffinity(0))
+    assert runs["1"][0] == 0
+    assert runs["default"][0] == cpus - 1
+    for started, saved in runs.values():
+        zeros = np.zeros((1, 128))
+        expected = numpy_forward("forget", saved["x"].astype(np.float64), saved["kernel"],
+                                 saved["recurrent"], saved["bias"], zeros, zeros)
+        assert_equations([saved["h"]], [expected[1]])
+    np.testing.assert_array_equal(runs["1"][1]["h"], runs["default"][1]["h"])
 
 
 @pytest.mark.parametrize("kind", KINDS)
