@@ -251,7 +251,7 @@ def test_inference_takes_no_more_threads_than_the_intra_op_pool(native, tmp_path
     cpus = len(os.sched_getaffinity(0))
     assert runs["1"][0] == 0
     assert runs["default"][0] == cpus - 1
-    for started, saved in runs.values():
+    for _, saved in runs.values():
         zeros = np.zeros((1, 128))
         expected = numpy_forward("forget", saved["x"].astype(np.float64), saved["kernel"],
                                  saved["recurrent"], saved["bias"], zeros, zeros)
