@@ -786,8 +786,8 @@ bool InferAll(const InferShape& s, const float* x, const InferWeights& w, const 
 }
 
 // The inference kernel's threads, for the op and for the custom call (which gets none from
-// XLA): one fewer than the CPUs this process may run on, started by the first job that has
-// blocks for them and kept (a thread started per call costs about 55 us on a 2-core AMD EPYC, a fifth of a batch-1 forward
+// XLA): one fewer than the CPUs this process may run on, started on first use and kept (a
+// thread started per call costs about 55 us on a 2-core AMD EPYC, a fifth of a batch-1 forward
 // pass). After a job they spin for kSpin, yielding the CPU about every microsecond, before they
 // sleep, so that calls in quick succession (a batch-1 call from Python comes back within
 // 0.3-0.5 ms) mostly find them awake. Measured on a 2-core AMD EPYC in alternating processes
@@ -815,7 +815,7 @@ class Helpers {
     return std::max(1u, std::thread::hardware_concurrency());
   }
 
-  // The helper threads, started or not (the calling thread makes one more).
+  // The helper threads (the calling thread makes one more).
   int64_t threads() const { return threads_; }
 
   // body(k) for k = 0 .. n - 1 (n < 2^16), each once, on the calling thread and the helpers
@@ -827,10 +827,6 @@ class Helpers {
     if (!busy.owns_lock() || threads_ == 0 || n < 2) {
       for (int64_t k = 0; k < n; ++k) body(k);
       return;
-    }
-    if (!started_) {  // under run_mu_
-      for (int64_t i = 0; i < threads_; ++i) std::thread([this]() { Loop(); }).detach();
-      started_ = true;
     }
     const std::function<void(int64_t)> job = [&body](int64_t k) { body(k); };
     uint64_t generation;
@@ -854,7 +850,9 @@ class Helpers {
 
  private:
   static constexpr std::chrono::microseconds kSpin{1500};
-  explicit Helpers(int64_t threads) : threads_(std::max<int64_t>(0, threads)) {}
+  explicit Helpers(int64_t threads) : threads_(std::max<int64_t>(0, threads)) {
+    for (int64_t i = 0; i < threads_; ++i) std::thread([this]() { Loop(); }).detach();
+  }
   // The next block of job `generation`, or -1 when it has none left (or a later job started).
   // next_ holds generation (32 bits), blocks (16) and the next block (16), so that a helper
   // can only take blocks of the job whose body it read.
@@ -891,7 +889,6 @@ class Helpers {
     }
   }
   const int64_t threads_;
-  bool started_ = false;
   std::mutex run_mu_, mu_;
   std::condition_variable wake_;
   std::atomic<uint64_t> generation_{0}, next_{0};
@@ -945,12 +942,18 @@ class CellInfer : public CellKernel {
                 tensorflow::errors::ResourceExhausted("out of memory copying the weights"));
     // On the kernel's own threads, not TensorFlow's intra-op pool (see Helpers), and no more
     // than the pool has (intra_op_parallelism_threads).
-    Helpers& helpers = Helpers::Get();
+    const int64_t pool = PoolThreads(context);
     const bool done = InferAll(
         s, x.flat<float>().data(), weights, h0.flat<float>().data(), c0.flat<float>().data(),
         sequences_ ? h->flat<float>().data() : nullptr, h_last->flat<float>().data(),
-        c_last->flat<float>().data(), std::min(PoolThreads(context), helpers.threads() + 1),
-        [&](int64_t n, const auto& body) { helpers.Run(n, body); });
+        c_last->flat<float>().data(), pool > 1 ? std::min(pool, Helpers::Get().threads() + 1) : 1,
+        [&](int64_t n, const auto& body) {
+          if (n < 2) {  // without starting the helpers
+            if (n == 1) body(0);
+            return;
+          }
+          Helpers::Get().Run(n, body);
+        });
     OP_REQUIRES(context, done,
                 tensorflow::errors::ResourceExhausted("out of memory for the cell states"));
   }
