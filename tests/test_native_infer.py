@@ -259,6 +259,65 @@ def test_inference_takes_no_more_threads_than_the_intra_op_pool(native, tmp_path
     np.testing.assert_array_equal(runs["1"][1]["h"], runs["default"][1]["h"])
 
 
+SHARED_CPU = """
+    import os, sys, time, numpy as np
+    import keras, keras_rnnx as rx
+    os.environ["KERAS_RNNX_NATIVE"] = "1"
+    keras.utils.set_random_seed(0)
+    layer = rx.RNN(rx.ForgetGateLSTMCell(128))
+    model = keras.Sequential([keras.Input((40, 5)), layer])
+    x = np.random.default_rng(0).normal(size=(1, 40, 5)).astype("float32")
+    home = os.sched_getaffinity(0)
+    before = set(os.listdir("/proc/self/task"))
+    h = np.asarray(model(x, training=False))  # eager: the op runs on this thread
+    helpers = sorted(int(t) for t in set(os.listdir("/proc/self/task")) - before)
+
+    def cpu_of(tid):  # the CPU the thread last ran on (/proc/<tid>/stat field 39)
+        with open(f"/proc/self/task/{tid}/stat") as file:
+            stat = file.read()
+        return int(stat[stat.rindex(")") + 2:].split()[36])
+
+    away = 0
+    for _ in range(40):
+        cpu = cpu_of(helpers[0])  # spinning there since the last call
+        os.sched_setaffinity(0, {cpu})  # this thread only
+        again = np.asarray(model(x, training=False))
+        away += cpu_of(helpers[0]) != cpu
+        os.sched_setaffinity(0, home)
+        assert np.array_equal(again, h)
+    time.sleep(0.05)
+    restored = all(os.sched_getaffinity(t) == home for t in helpers)
+    cell = layer.cell
+    np.savez(sys.argv[1], x=x, h=h, kernel=cell.kernel.numpy(), bias=cell.bias.numpy(),
+             recurrent=cell.recurrent_kernel.numpy())
+    print(len(helpers), away, restored)
+"""
+
+
+def test_a_helper_on_the_calling_threads_cpu_is_moved_off_it(native, tmp_path):
+    """Forty batch-1 calls (steps split between threads), each from a thread pinned to the CPU
+    where the helper is spinning since the call before: the helper is moved off that CPU for
+    the call, so that the two do not share it (without the move it stayed there after 26 to 32
+    of 40 calls on a 2-core AMD EPYC), and takes its starting affinity back afterwards. The
+    outputs stay the equations', bit for bit the same in every call."""
+    if len(os.sched_getaffinity(0)) < 2 or not os.path.isdir("/proc/self/task"):
+        pytest.skip("needs two CPUs and /proc/self/task")
+    path = tmp_path / "shared.npz"
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(SHARED_CPU), str(path)],
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, capture_output=True,
+                          text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    helpers, away, restored = done.stdout.split()[-3:]
+    assert int(helpers) == len(os.sched_getaffinity(0)) - 1
+    assert int(away) >= 30, f"the helper was on another CPU after only {away} of 40 calls"
+    assert restored == "True", "a helper kept a narrowed CPU affinity"
+    saved = dict(np.load(path))
+    zeros = np.zeros((1, 128))
+    expected = numpy_forward("forget", saved["x"].astype(np.float64), saved["kernel"],
+                             saved["recurrent"], saved["bias"], zeros, zeros)
+    assert_equations([saved["h"]], [expected[1]])
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_inference_graphs_hold_the_kernel_and_keras_loop_gives_the_same(native, monkeypatch,
                                                                         kind):

@@ -39,6 +39,7 @@
 #include <functional>
 #include <mutex>
 #include <sched.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 #include <cstdlib>
 #include <limits>
@@ -841,6 +842,7 @@ class Helpers {
     // Helpers still spinning from an earlier job see the new generation; of those asleep,
     // no more are woken than the job has blocks to spare (they spin after it, see kSpin).
     for (int64_t i = 0; i < std::min<int64_t>(n - 1, threads_); ++i) wake_.notify_one();
+    MoveOffCpu(sched_getcpu());
     for (int64_t k = Take(generation); k >= 0; k = Take(generation)) {
       body(k);
       done_.fetch_add(1, std::memory_order_acq_rel);
@@ -850,8 +852,34 @@ class Helpers {
 
  private:
   static constexpr std::chrono::microseconds kSpin{1500};
-  explicit Helpers(int64_t threads) : threads_(std::max<int64_t>(0, threads)) {
-    for (int64_t i = 0; i < threads_; ++i) std::thread([this]() { Loop(); }).detach();
+  // Per helper: its thread id, the CPU it last spun on (-1 while it sleeps), and whether Run
+  // has narrowed its affinity (undone by the helper when it next waits for a job).
+  struct alignas(64) Slot {
+    std::atomic<pid_t> tid{0};
+    std::atomic<int> cpu{-1};
+    std::atomic<bool> moved{false};
+  };
+  explicit Helpers(int64_t threads)
+      : threads_(std::max<int64_t>(0, threads)), slots_(new Slot[std::max<int64_t>(1, threads)]) {
+    CPU_ZERO(&home_);
+    home_ok_ = sched_getaffinity(0, sizeof(home_), &home_) == 0;  // what the helpers inherit
+    for (int64_t i = 0; i < threads_; ++i) std::thread([this, i]() { Loop(slots_[i]); }).detach();
+  }
+  // A helper that spins on the calling thread's CPU (`cpu`) shares it with the call: each
+  // would run at half speed, and the scheduler leaves two such recently-run threads together
+  // for milliseconds even when another CPU is idle (on a 2-core AMD EPYC, batch 64, 7 % of
+  // calls took twice as long, the helper waiting 2.9 ms for its first time slice). Such a
+  // helper gets the affinity it started with less that CPU, which moves it at once; it takes
+  // its starting affinity back when it next waits for a job (staying where it was moved).
+  void MoveOffCpu(int cpu) {
+    if (!home_ok_ || cpu < 0 || !CPU_ISSET(cpu, &home_) || CPU_COUNT(&home_) < 2) return;
+    for (int64_t i = 0; i < threads_; ++i) {
+      Slot& slot = slots_[i];
+      if (slot.cpu.load(std::memory_order_relaxed) != cpu || slot.tid.load() == 0) continue;
+      cpu_set_t away = home_;
+      CPU_CLR(cpu, &away);
+      if (sched_setaffinity(slot.tid.load(), sizeof(away), &away) == 0) slot.moved.store(true);
+    }
   }
   // The next block of job `generation`, or -1 when it has none left (or a later job started).
   // next_ holds generation (32 bits), blocks (16) and the next block (16), so that a helper
@@ -864,14 +892,27 @@ class Helpers {
       if (next_.compare_exchange_weak(ticket, ticket + 1)) return static_cast<int64_t>(k);
     }
   }
-  void Loop() {
+  void Loop(Slot& slot) {
+    slot.tid.store(static_cast<pid_t>(syscall(SYS_gettid)));
     uint64_t seen = 0;
     for (;;) {
       const auto since = std::chrono::steady_clock::now();
+      // Between jobs (Run may narrow it while the helper is still waiting for the job).
+      const auto go_home = [&]() {
+        if (slot.moved.exchange(false)) sched_setaffinity(0, sizeof(home_), &home_);
+      };
+      go_home();
+      slot.cpu.store(sched_getcpu(), std::memory_order_relaxed);
       for (int64_t spins = 0; generation_.load(std::memory_order_acquire) == seen; ++spins) {
         Pause();
-        if (spins % 64 == 63) std::this_thread::yield();  // about 1 us apart
+        if (spins % 64 == 63) {  // about 1 us apart
+          std::this_thread::yield();
+          go_home();
+          slot.cpu.store(sched_getcpu(), std::memory_order_relaxed);
+        }
         if (spins % 256 == 255 && std::chrono::steady_clock::now() - since > kSpin) {
+          go_home();
+          slot.cpu.store(-1, std::memory_order_relaxed);
           std::unique_lock<std::mutex> lock(mu_);
           wake_.wait(lock, [&]() { return generation_.load() != seen; });
         }
@@ -889,6 +930,9 @@ class Helpers {
     }
   }
   const int64_t threads_;
+  const std::unique_ptr<Slot[]> slots_;
+  cpu_set_t home_;
+  bool home_ok_ = false;
   std::mutex run_mu_, mu_;
   std::condition_variable wake_;
   std::atomic<uint64_t> generation_{0}, next_{0};
