@@ -363,7 +363,10 @@ def run_inference(batch_sizes, steps, features, units, rounds, calls, with_torch
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=5, help="training rounds")
+    parser.add_argument("--inference-rounds", type=int, default=15,
+                        help="inference rounds (each call takes milliseconds: more rounds, so "
+                             "that a slow second on a shared machine moves the medians less)")
     parser.add_argument("--calls", type=int, default=5, help="train_on_batch calls a round")
     parser.add_argument("--batches", type=int, default=20, help="model.fit batches an epoch")
     parser.add_argument("--w2", action="store_true", help="also run W2 (T = 1000, units 256)")
@@ -387,7 +390,7 @@ def main(argv=None):
         run_training("W1", 64, 100, 32, 128, kinds, args.rounds, args.calls, args.batches,
                      with_torch, peak)
     if not args.no_inference:
-        run_inference([64, 1], 100, 32, 128, args.rounds, args.calls, with_torch)
+        run_inference([64, 1], 100, 32, 128, args.inference_rounds, args.calls, with_torch)
     if args.w2:
         run_training("W2", 64, 1000, 32, 256, ["forget"], max(3, args.rounds // 2), 1, 4,
                      with_torch, peak)
