@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import glob
 import os
 import statistics
@@ -203,6 +204,7 @@ def print_table(title, medians, baselines, flops=None, peak=None):
 
 def run_training(label, batch, steps, features, units, kinds, rounds, calls, batches,
                  with_torch, peak):
+    gc.collect()  # each section starts without the garbage of the one before
     rng = np.random.default_rng(0)
     x = rng.normal(size=(batch * batches, steps, features)).astype("float32")
     y = rng.normal(size=(batch * batches, 1)).astype("float32")
@@ -310,6 +312,7 @@ def trace_call(fn, calls=8):
 
 
 def run_inference(batch_sizes, steps, features, units, rounds, calls, with_torch):
+    gc.collect()  # each section starts without the garbage of the one before
     keras.utils.set_random_seed(0)
     models = {"rx.RNN(forget)": keras_model(rx.RNN(rx.ForgetGateLSTMCell(units)), steps,
                                             features, "auto"),
