@@ -59,6 +59,8 @@ def shared_window(runs, qapp):
     qapp.processEvents()
     yield window
     window.close()
+    window.deleteLater()
+    QtCore.QCoreApplication.sendPostedEvents(None, QtCore.QEvent.Type.DeferredDelete)
 
 
 @pytest.fixture
