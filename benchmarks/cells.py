@@ -30,8 +30,8 @@ Every table is timed in interleaved rounds (A, B, C, …, A, B, C, …) and medi
 as ratios against baselines measured in the same run, so that load from other processes
 shifts all rows alike.
 
-    python benchmarks/cells.py              # W1 + roofline (about 5 minutes on 2 cores)
-    python benchmarks/cells.py --w2         # also W2 (about 10 more)
+    python benchmarks/cells.py              # W1, inference, roofline (about 4 minutes on 2 cores)
+    python benchmarks/cells.py --w2         # also W2 (about 3 more)
     python benchmarks/cells.py --quick      # tiny sizes, a smoke run
 """
 
