@@ -871,6 +871,9 @@ class Helpers {
   // calls took twice as long, the helper waiting 2.9 ms for its first time slice). Such a
   // helper gets the affinity it started with less that CPU, which moves it at once; it takes
   // its starting affinity back when it next waits for a job (staying where it was moved).
+  // Measured there: batch-64 calls over 1.4 x the median went from 9-11 % to 2-8 % (three
+  // alternating pairs of processes), batch-1 calls whose helper never came from 13-16 % to
+  // 0.2 %.
   void MoveOffCpu(int cpu) {
     if (!home_ok_ || cpu < 0 || !CPU_ISSET(cpu, &home_) || CPU_COUNT(&home_) < 2) return;
     for (int64_t i = 0; i < threads_; ++i) {
