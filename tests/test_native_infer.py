@@ -211,26 +211,54 @@ def test_inference_from_several_threads_at_once(native, monkeypatch, jit):
         assert_equations(results[k], cell_forward("forget", cell, x), f"batch {x.shape[0]}")
 
 
-INTRA_OP = """
-    import os, sys, numpy as np, tensorflow as tf
-    if sys.argv[1] != "default":
-        tf.config.threading.set_intra_op_parallelism_threads(int(sys.argv[1]))
+# The subprocess scripts' batch-1 model (T = 40, units 128: its steps are split between
+# threads) and how they save it with their output h (the script's last argument: the path).
+BATCH_1_MODEL = """
     import keras, keras_rnnx as rx
     os.environ["KERAS_RNNX_NATIVE"] = "1"
     keras.utils.set_random_seed(0)
     layer = rx.RNN(rx.ForgetGateLSTMCell(128))
     model = keras.Sequential([keras.Input((40, 5)), layer])
     x = np.random.default_rng(0).normal(size=(1, 40, 5)).astype("float32")
+"""
+SAVE_H = """
+    cell = layer.cell
+    np.savez(sys.argv[-1], x=x, h=h, kernel=cell.kernel.numpy(), bias=cell.bias.numpy(),
+             recurrent=cell.recurrent_kernel.numpy())
+"""
+
+
+def run_saving(script, tmp_path, *args):
+    """Runs `script` (indented source) in a fresh Python with `args` and a path to save to:
+    its last line of output, split, and the arrays it saved."""
+    path = tmp_path / f"saved-{len(list(tmp_path.iterdir()))}.npz"
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(script), *args, str(path)],
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, capture_output=True,
+                          text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout.splitlines()[-1].split(), dict(np.load(path))
+
+
+def assert_saved_equations(saved):
+    """The saved batch-1 h is the float64 NumPy equations' h_T from zero states."""
+    zeros = np.zeros((1, 128))
+    expected = numpy_forward("forget", saved["x"].astype(np.float64), saved["kernel"],
+                             saved["recurrent"], saved["bias"], zeros, zeros)
+    assert_equations([saved["h"]], [expected[1]])
+
+
+INTRA_OP = """
+    import os, sys, numpy as np, tensorflow as tf
+    if sys.argv[1] != "default":
+        tf.config.threading.set_intra_op_parallelism_threads(int(sys.argv[1]))
+""" + BATCH_1_MODEL + """
     fn = tf.function(lambda v: model(v, training=False))
     graph = fn.get_concrete_function(tf.TensorSpec(x.shape)).graph
     assert "RnnxCellInfer" in {op.type for op in graph.get_operations()}
     before = len(os.listdir("/proc/self/task"))
     h = fn(x).numpy()
     print(len(os.listdir("/proc/self/task")) - before)
-    cell = layer.cell
-    np.savez(sys.argv[2], x=x, h=h, kernel=cell.kernel.numpy(), bias=cell.bias.numpy(),
-             recurrent=cell.recurrent_kernel.numpy())
-"""
+""" + SAVE_H
 
 
 def test_inference_takes_no_more_threads_than_the_intra_op_pool(native, tmp_path):
@@ -242,31 +270,19 @@ def test_inference_takes_no_more_threads_than_the_intra_op_pool(native, tmp_path
         pytest.skip("counts threads in /proc/self/task")
     runs = {}
     for threads in ("1", "default"):
-        path = tmp_path / f"{threads}.npz"
-        done = subprocess.run([sys.executable, "-c", textwrap.dedent(INTRA_OP), threads,
-                               str(path)], env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
-                              capture_output=True, text=True, timeout=240)
-        assert done.returncode == 0, done.stderr[-3000:]
-        runs[threads] = int(done.stdout.split()[-1]), dict(np.load(path))
+        (started,), saved = run_saving(INTRA_OP, tmp_path, threads)
+        runs[threads] = int(started), saved
     cpus = len(os.sched_getaffinity(0))
     assert runs["1"][0] == 0
     assert runs["default"][0] == cpus - 1
     for _, saved in runs.values():
-        zeros = np.zeros((1, 128))
-        expected = numpy_forward("forget", saved["x"].astype(np.float64), saved["kernel"],
-                                 saved["recurrent"], saved["bias"], zeros, zeros)
-        assert_equations([saved["h"]], [expected[1]])
+        assert_saved_equations(saved)
     np.testing.assert_array_equal(runs["1"][1]["h"], runs["default"][1]["h"])
 
 
 SHARED_CPU = """
     import os, sys, time, numpy as np
-    import keras, keras_rnnx as rx
-    os.environ["KERAS_RNNX_NATIVE"] = "1"
-    keras.utils.set_random_seed(0)
-    layer = rx.RNN(rx.ForgetGateLSTMCell(128))
-    model = keras.Sequential([keras.Input((40, 5)), layer])
-    x = np.random.default_rng(0).normal(size=(1, 40, 5)).astype("float32")
+""" + BATCH_1_MODEL + """
     home = os.sched_getaffinity(0)
     before = set(os.listdir("/proc/self/task"))
     h = np.asarray(model(x, training=False))  # eager: the op runs on this thread
@@ -287,11 +303,8 @@ SHARED_CPU = """
         assert np.array_equal(again, h)
     time.sleep(0.05)
     restored = all(os.sched_getaffinity(t) == home for t in helpers)
-    cell = layer.cell
-    np.savez(sys.argv[1], x=x, h=h, kernel=cell.kernel.numpy(), bias=cell.bias.numpy(),
-             recurrent=cell.recurrent_kernel.numpy())
     print(len(helpers), away, restored)
-"""
+""" + SAVE_H
 
 
 def test_a_helper_on_the_calling_threads_cpu_is_moved_off_it(native, tmp_path):
@@ -302,20 +315,11 @@ def test_a_helper_on_the_calling_threads_cpu_is_moved_off_it(native, tmp_path):
     outputs stay the equations', bit for bit the same in every call."""
     if len(os.sched_getaffinity(0)) < 2 or not os.path.isdir("/proc/self/task"):
         pytest.skip("needs two CPUs and /proc/self/task")
-    path = tmp_path / "shared.npz"
-    done = subprocess.run([sys.executable, "-c", textwrap.dedent(SHARED_CPU), str(path)],
-                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, capture_output=True,
-                          text=True, timeout=240)
-    assert done.returncode == 0, done.stderr[-3000:]
-    helpers, away, restored = done.stdout.split()[-3:]
+    (helpers, away, restored), saved = run_saving(SHARED_CPU, tmp_path)
     assert int(helpers) == len(os.sched_getaffinity(0)) - 1
     assert int(away) >= 30, f"the helper was on another CPU after only {away} of 40 calls"
     assert restored == "True", "a helper kept a narrowed CPU affinity"
-    saved = dict(np.load(path))
-    zeros = np.zeros((1, 128))
-    expected = numpy_forward("forget", saved["x"].astype(np.float64), saved["kernel"],
-                             saved["recurrent"], saved["bias"], zeros, zeros)
-    assert_equations([saved["h"]], [expected[1]])
+    assert_saved_equations(saved)
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -821,11 +821,22 @@ class Helpers {
 
   // body(k) for k = 0 .. n - 1 (n < 2^16), each once, on the calling thread and the helpers
   // that are awake to take a block before the calling thread has taken them all (like
-  // ForBlocks: a helper that wakes late finds nothing left and does not hold the call up).
+  // ForBlocks: a helper that wakes late finds nothing left and does not hold the call up). A
+  // single block runs on the calling thread without starting the helpers.
+  template <typename Body>
+  static void For(int64_t n, const Body& body) {
+    if (n < 2) {
+      for (int64_t k = 0; k < n; ++k) body(k);
+      return;
+    }
+    Get().Run(n, body);
+  }
+
+ private:
   template <typename Body>
   void Run(int64_t n, const Body& body) {
     std::unique_lock<std::mutex> busy(run_mu_, std::try_to_lock);
-    if (!busy.owns_lock() || threads_ == 0 || n < 2) {
+    if (!busy.owns_lock() || threads_ == 0) {
       for (int64_t k = 0; k < n; ++k) body(k);
       return;
     }
@@ -850,7 +861,6 @@ class Helpers {
     while (done_.load(std::memory_order_acquire) < n) Pause();
   }
 
- private:
   static constexpr std::chrono::microseconds kSpin{1500};
   // Per helper: its thread id, the CPU it last spun on (-1 while it sleeps), and whether Run
   // has narrowed its affinity (undone by the helper when it next waits for a job).
@@ -860,7 +870,7 @@ class Helpers {
     std::atomic<bool> moved{false};
   };
   explicit Helpers(int64_t threads)
-      : threads_(std::max<int64_t>(0, threads)), slots_(new Slot[std::max<int64_t>(1, threads)]) {
+      : threads_(std::max<int64_t>(0, threads)), slots_(new Slot[threads_]) {
     CPU_ZERO(&home_);
     home_ok_ = sched_getaffinity(0, sizeof(home_), &home_) == 0;  // what the helpers inherit
     for (int64_t i = 0; i < threads_; ++i) std::thread([this, i]() { Loop(slots_[i]); }).detach();
@@ -902,7 +912,8 @@ class Helpers {
       const auto since = std::chrono::steady_clock::now();
       // Between jobs (Run may narrow it while the helper is still waiting for the job).
       const auto go_home = [&]() {
-        if (slot.moved.exchange(false)) sched_setaffinity(0, sizeof(home_), &home_);
+        if (slot.moved.load(std::memory_order_relaxed) && slot.moved.exchange(false))
+          sched_setaffinity(0, sizeof(home_), &home_);
       };
       go_home();
       slot.cpu.store(sched_getcpu(), std::memory_order_relaxed);
@@ -994,13 +1005,7 @@ class CellInfer : public CellKernel {
         s, x.flat<float>().data(), weights, h0.flat<float>().data(), c0.flat<float>().data(),
         sequences_ ? h->flat<float>().data() : nullptr, h_last->flat<float>().data(),
         c_last->flat<float>().data(), pool > 1 ? std::min(pool, Helpers::Get().threads() + 1) : 1,
-        [&](int64_t n, const auto& body) {
-          if (n < 2) {  // without starting the helpers
-            if (n == 1) body(0);
-            return;
-          }
-          Helpers::Get().Run(n, body);
-        });
+        [](int64_t n, const auto& body) { Helpers::For(n, body); });
     OP_REQUIRES(context, done,
                 tensorflow::errors::ResourceExhausted("out of memory for the cell states"));
   }
@@ -1050,9 +1055,9 @@ extern "C" void RnnxCellInferXla(void* out, const void** in, const char* opaque,
   const InferWeights weights(s, static_cast<const float*>(in[1]),
                              static_cast<const float*>(in[2]), static_cast<const float*>(in[3]));
   if (!weights.ok()) return fail();
-  Helpers& helpers = Helpers::Get();
   if (!InferAll(s, static_cast<const float*>(in[0]), weights, h0, c0, h_seq, h_last, c_last,
-                helpers.threads() + 1, [&](int64_t n, const auto& body) { helpers.Run(n, body); }))
+                Helpers::Get().threads() + 1,
+                [](int64_t n, const auto& body) { Helpers::For(n, body); }))
     fail();
 }
 
